@@ -1,0 +1,149 @@
+"""Run-directory layout and atomic writes.
+
+``RunLayout`` is the only code that knows where a stage puts its outputs (DESIGN.md, "Run
+directory"). Every write goes to a temporary name beside the target and is renamed into place, so a
+crash never leaves a half-written file under the final name and a rerun can trust what it finds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("train", "val", "test")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; a corrupt file raises ValueError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Build a directory under a temporary name and swap it into place on success.
+
+    On an exception the temporary directory is removed and an existing ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists():
+        old = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.old"
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(path.parent)
+
+
+class RunLayout:
+    """Paths of one run directory ``<root>/<run_id>/`` (DESIGN.md, "Run directory")."""
+
+    def __init__(self, root: str | os.PathLike, run_id: str) -> None:
+        if not run_id or "/" in run_id or run_id.startswith("."):
+            raise ValueError(f"run_id {run_id!r} must be a plain, non-hidden directory name")
+        self.run_dir = Path(root) / run_id
+        self.run_id = run_id
+
+    @property
+    def manifest(self) -> Path:
+        return self.run_dir / "manifest.json"
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+    @property
+    def finetune_dir(self) -> Path:
+        return self.run_dir / "finetune"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.finetune_dir / "adapter"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.run_dir / "features"
+
+    def features_split_dir(self, split: str) -> Path:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+        return self.features_dir / f"split={split}"
+
+    @property
+    def features_meta(self) -> Path:
+        return self.features_dir / "features.json"
+
+    def head_dir(self, name: str) -> Path:
+        return self.run_dir / "heads" / name
+
+    def tune_dir(self, name: str) -> Path:
+        return self.run_dir / "tune" / name
+
+    @property
+    def scores_dir(self) -> Path:
+        return self.run_dir / "scores"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.scores_dir / "quarantine"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.run_dir / "report"

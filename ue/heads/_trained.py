@@ -1,0 +1,119 @@
+"""Common machinery of the trained heads ALIEN and AdUE (arXiv 2505.15443).
+
+Both start from an exact copy of the fine-tuned model's classification module (``classifier``),
+train it on cached hidden states to predict the frozen model's error ``e = 1[pred != label]``, and
+score with the trained copy. The model's own prediction is untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ue.features import error_indicator
+from ue.heads._training import EpochCallback, score_rows, train_error_head
+from ue.heads.base import UncertaintyHead
+from ue.heads.modules import Classifier, ClassifierSpec
+
+INITS = ("copy", "random")
+
+
+class TrainedErrorHead(UncertaintyHead):
+    """Base of ALIEN and AdUE: subclasses define ``_score_t`` (the score U) and ``_anchor``."""
+
+    requires: ClassVar[tuple[str, ...]] = ("hidden",)
+    fit_requires: ClassVar[tuple[str, ...]] = ("hidden", "logits", "label", "pred")
+    error_probability = True
+
+    def _score_t(self, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _anchor(self, logits: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _check_params(self) -> None:
+        checks = {
+            "alpha": self.alpha >= 0, "beta": self.beta >= 0, "lr": self.lr > 0,
+            "epochs": self.epochs >= 0, "batch_size": self.batch_size >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            got = ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
+            raise ValueError(f"{self.name}: invalid {got} (alpha, beta, epochs >= 0; lr > 0; batch_size >= 1)")
+        if self.init not in INITS:
+            raise ValueError(f"{self.name}: init={self.init!r}; allowed: {', '.join(INITS)}")
+        if not isinstance(self.classifier, Classifier):
+            raise ValueError(
+                f"{self.name}: needs classifier=<the fine-tuned model's classification module> "
+                "(ue.heads.modules.classifier_from_model or load_classifier), got "
+                f"{type(self.classifier).__name__}"
+            )
+
+    def _initial_module(self) -> Classifier:
+        module = copy.deepcopy(self.classifier).float()
+        if self.init == "random":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                for m in module.modules():
+                    if isinstance(m, torch.nn.Linear):
+                        m.reset_parameters()
+        return module
+
+    def fit(self, features: Any, val: Any = None, *, on_epoch: EpochCallback | None = None) -> TrainedErrorHead:
+        """Train on ``features`` (train or calibration split); select the epoch on ``val`` ROC-AUC.
+
+        ``on_epoch(epoch, metrics)`` is called after every epoch (used by Ray Tune for ASHA).
+        """
+        self._check_params()
+        cols = self._fit_columns(features, split="fit")
+        v = self._fit_columns(val, split="val") if val is not None else None
+        self._check_shapes(cols["hidden"], cols["logits"])
+        module = self._initial_module()
+        result = train_error_head(
+            module, score_fn=self._score_t, hidden=cols["hidden"], errors=error_indicator(cols),
+            anchor=self._anchor(cols["logits"]),
+            val_hidden=None if v is None else v["hidden"],
+            val_errors=None if v is None else error_indicator(v),
+            alpha=self.alpha, beta=self.beta, lr=self.lr, epochs=self.epochs,
+            batch_size=self.batch_size, seed=self.seed, on_epoch=on_epoch,
+        )
+        module.load_state_dict(result.state)
+        self.module_ = module.eval().requires_grad_(False)
+        self.best_epoch_, self.history_ = result.best_epoch, result.history
+        return self
+
+    def _check_shapes(self, hidden: np.ndarray, logits: np.ndarray) -> None:
+        spec = self.classifier.spec
+        if hidden.ndim != 2 or hidden.shape[1] != spec.hidden_size:
+            raise ValueError(
+                f"{self.name}: hidden has shape {hidden.shape}, the classifier expects (n, {spec.hidden_size})"
+            )
+        if logits.shape[1] != spec.num_labels:
+            raise ValueError(
+                f"{self.name}: logits have {logits.shape[1]} classes, the classifier {spec.num_labels}"
+            )
+
+    def _score(self, cols: dict[str, np.ndarray]) -> np.ndarray:
+        hidden = torch.as_tensor(np.ascontiguousarray(cols["hidden"]), dtype=torch.float32)
+        return score_rows(self.module_, self._score_t, hidden).numpy()
+
+    def _is_fitted(self) -> bool:
+        return hasattr(self, "module_")
+
+    def _json_params(self) -> dict[str, Any]:
+        return {**self.get_params(), "classifier": None}
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"module.{k}": v for k, v in self.module_.state_dict().items()}
+
+    def _state_meta(self) -> dict[str, Any]:
+        return {"spec": self.module_.spec.to_dict(), "best_epoch": self.best_epoch_, "history": self.history_}
+
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        module = Classifier(ClassifierSpec(**meta["spec"]))
+        module.load_state_dict({k.removeprefix("module."): v for k, v in tensors.items()})
+        self.module_ = module.eval().requires_grad_(False)
+        self.best_epoch_, self.history_ = meta["best_epoch"], meta["history"]
