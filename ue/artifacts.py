@@ -147,3 +147,48 @@ class RunLayout:
     @property
     def report_dir(self) -> Path:
         return self.run_dir / "report"
+
+
+class Manifest:
+    """``manifest.json`` of a run: per stage its status, config hash, timings and outputs.
+
+    A stage is ``done`` only after its outputs are complete, so a rerun skips exactly the stages
+    whose outputs can be trusted. Only the process running a stage writes its entry.
+    """
+
+    def __init__(self, layout: RunLayout) -> None:
+        self.layout = layout
+
+    def read(self) -> dict[str, Any]:
+        if not self.layout.manifest.exists():
+            return {"run_id": self.layout.run_id, "stages": {}}
+        return read_json(self.layout.manifest)
+
+    def stage(self, name: str) -> dict[str, Any] | None:
+        return self.read()["stages"].get(name)
+
+    def is_done(self, name: str, config_hash: str | None = None) -> bool:
+        entry = self.stage(name)
+        if entry is None or entry.get("status") != "done":
+            return False
+        return config_hash is None or entry.get("config_hash") == config_hash
+
+    def update(self, name: str, **fields: Any) -> dict[str, Any]:
+        doc = self.read()
+        entry = {**doc["stages"].get(name, {}), **fields}
+        doc["stages"][name] = entry
+        doc.setdefault("versions", _versions())
+        atomic_write_json(self.layout.manifest, doc)
+        return entry
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("ueray", "torch", "transformers", "peft", "ray", "deepspeed"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out

@@ -26,6 +26,7 @@ from ue.config.models import (
     LoraConfig,
     ModelConfig,
     RayResources,
+    RunConfig,
     Task,
 )
 from ue.config.paths import DATA_DIR_ENV, data_root
@@ -42,6 +43,7 @@ __all__ = [
     "LoraConfig",
     "ModelConfig",
     "RayResources",
+    "RunConfig",
     "Task",
     "config_hash",
     "data_root",

@@ -217,3 +217,18 @@ class RayResources(ConfigModel):
         if use_gpu and value == 0:
             raise ValueError("must be > 0 when use_gpu is true (0.5 shares one GPU between two workers)")
         return value
+
+
+class RunConfig(ConfigModel):
+    """Which run directory a stage reads and writes: ``<root>/<run_id>/`` (DESIGN.md, "Run directory")."""
+
+    root: str = Field("runs", description="Folder (or pyarrow filesystem URI) holding all runs.")
+    run_id: str = Field("default", description="Name of this run's directory under root.")
+    force: bool = Field(False, description="Redo the stage even if the manifest marks it done.")
+
+    @field_validator("run_id")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not value or "/" in value or value.startswith("."):
+            raise ValueError("must be a plain folder name, e.g. sst2-minilm-seed0")
+        return value

@@ -1,0 +1,83 @@
+"""What every job shares: its command line, the manifest bookkeeping and a local Ray.
+
+Each stage module ``jobs/<stage>.py`` defines a config model and ``run(cfg) -> dict`` and ends with
+``if __name__ == "__main__": job_main(Config, run)``, so ``python -m jobs.<stage> --config X.yaml
+key.sub=value`` works the same on a laptop and as a Ray Job entrypoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from ue.artifacts import Manifest, RunLayout, atomic_write_text
+from ue.config import ConfigError, ConfigModel, config_hash, dump_config, load_config
+
+C = TypeVar("C", bound=ConfigModel)
+log = logging.getLogger("ue.jobs")
+
+
+def parse_args(argv: Sequence[str] | None, stage: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"python -m jobs.{stage}", description=f"ueray stage: {stage}")
+    parser.add_argument("--config", help="YAML config of the stage")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    return parser.parse_args(argv)
+
+
+def job_main(config_cls: type[C], run: Callable[[C], dict[str, Any]], argv: Sequence[str] | None = None) -> None:
+    """Command-line entry of a stage: load + validate the config, run, exit non-zero on failure."""
+    logging.basicConfig(level=os.environ.get("UE_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
+    stage = run.__module__.rsplit(".", 1)[-1]
+    args = parse_args(argv, stage)
+    try:
+        cfg = load_config(config_cls, args.config, overrides=args.overrides)
+    except ConfigError as e:
+        print(f"config error in stage {stage}:\n{e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    run(cfg)
+
+
+def stage_layout(cfg: Any) -> RunLayout:
+    return RunLayout(cfg.run.root, cfg.run.run_id)
+
+
+def run_stage(stage: str, cfg: C, body: Callable[[RunLayout], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``body`` under manifest bookkeeping: skip when done with the same config, else mark
+    running -> done (with outputs and timing) or failed (with the error), and save the config."""
+    layout = stage_layout(cfg)
+    manifest = Manifest(layout)
+    digest = config_hash(cfg)
+    if not cfg.run.force and manifest.is_done(stage, digest):
+        log.info("stage %s already done for run %s; skipping", stage, layout.run_id)
+        return manifest.stage(stage).get("outputs", {})
+    layout.stage_dir(stage).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(layout.stage_dir(stage) / "config.yaml", dump_config(cfg))
+    started = time.time()
+    manifest.update(stage, status="running", config_hash=digest, started=started)
+    try:
+        outputs = body(layout)
+    except BaseException as e:
+        manifest.update(stage, status="failed", error="".join(traceback.format_exception_only(e)).strip())
+        raise
+    manifest.update(stage, status="done", finished=time.time(), seconds=round(time.time() - started, 3),
+                    outputs=outputs)
+    return outputs
+
+
+def init_ray(num_cpus: int | None = None) -> bool:
+    """Connect to the cluster named by ``RAY_ADDRESS`` or start a local Ray; True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"log_to_driver": os.environ.get("UE_RAY_LOGS", "0") == "1"}
+    if not os.environ.get("RAY_ADDRESS"):
+        kwargs.update(num_cpus=num_cpus, include_dashboard=False)
+    ray.init(**kwargs)
+    return True
