@@ -57,7 +57,7 @@ def read_file(path: Path) -> pa.Table:
         import pyarrow.csv as pacsv
 
         return pacsv.read_csv(path)
-    rows = []
+    rows, lines = [], []
     with path.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
@@ -66,7 +66,25 @@ def read_file(path: Path) -> pa.Table:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{line_no}: malformed JSON ({e.msg})") from None
-    return pa.Table.from_pylist(rows)
+            lines.append(line_no)
+    try:
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        raise DataError(_first_type_clash(rows, lines, path)) from None
+
+
+def _first_type_clash(rows: list[dict], lines: list[int], path: Path) -> str:
+    """Name the first line whose value type differs from the column's first non-null value."""
+    seen: dict[str, type] = {}
+    for row, line_no in zip(rows, lines, strict=True):
+        for key, value in row.items():
+            if value is None:
+                continue
+            first = seen.setdefault(key, type(value))
+            if type(value) is not first:
+                return (f"{path}:{line_no}: column {key!r} holds {type(value).__name__} {value!r} where earlier "
+                        f"rows hold {first.__name__}")
+    return f"{path}: rows cannot be read as one table (mixed value types)"
 
 
 def _from_hub(name: str, stem: str) -> pa.Table:
