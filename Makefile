@@ -21,8 +21,11 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
+# The whole pipeline (finetune -> extract -> heads -> tune -> score -> report) with Ray in-process;
+# ends by printing where the report is. Data from $UE_DATA_DIR (default: ../shared/data), no hub.
 demo: $(STAMP)
-	$(PY) -m jobs.demo
+	UE_DATA_DIR="$${UE_DATA_DIR:-$(abspath ../shared/data)}" HF_HUB_OFFLINE="$${HF_HUB_OFFLINE:-1}" \
+		$(VENV)/bin/ue run jobs/configs/pipelines/demo.yaml
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from ue.artifacts import Manifest, RunLayout, atomic_write_text
-from ue.config import ConfigError, ConfigModel, config_hash, dump_config, load_config
+from ue.config import ConfigError, ConfigModel, dump_config, load_config, stage_hash
 
 C = TypeVar("C", bound=ConfigModel)
 log = logging.getLogger("ue.jobs")
@@ -52,14 +52,14 @@ def run_stage(stage: str, cfg: C, body: Callable[[RunLayout], dict[str, Any]]) -
     running -> done (with outputs and timing) or failed (with the error), and save the config."""
     layout = stage_layout(cfg)
     manifest = Manifest(layout)
-    digest = config_hash(cfg)
+    digest = stage_hash(cfg)
     if not cfg.run.force and manifest.is_done(stage, digest):
         log.info("stage %s already done for run %s; skipping", stage, layout.run_id)
         return manifest.stage(stage).get("outputs", {})
     layout.stage_dir(stage).mkdir(parents=True, exist_ok=True)
     atomic_write_text(layout.stage_dir(stage) / "config.yaml", dump_config(cfg))
     started = time.time()
-    manifest.update(stage, status="running", config_hash=digest, started=started)
+    manifest.update(stage, status="running", config_hash=digest, started=started, error=None)
     try:
         outputs = body(layout)
     except BaseException as e:
@@ -78,6 +78,8 @@ def init_ray(num_cpus: int | None = None) -> bool:
         return False
     kwargs: dict[str, Any] = {"log_to_driver": os.environ.get("UE_RAY_LOGS", "0") == "1"}
     if not os.environ.get("RAY_ADDRESS"):
-        kwargs.update(num_cpus=num_cpus, include_dashboard=False)
+        # "local" always starts a fresh in-process cluster; a bare init() would join any head that
+        # `ray start` recorded on this machine, including someone else's.
+        kwargs.update(address="local", num_cpus=num_cpus, include_dashboard=False)
     ray.init(**kwargs)
     return True

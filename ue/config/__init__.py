@@ -17,6 +17,7 @@ from ue.config.loading import (
     load_config,
     merge,
     parse_overrides,
+    stage_hash,
 )
 from ue.config.models import (
     COLUMN_NAMES,
@@ -51,4 +52,5 @@ __all__ = [
     "load_config",
     "merge",
     "parse_overrides",
+    "stage_hash",
 ]

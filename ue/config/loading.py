@@ -347,3 +347,9 @@ def config_hash(cfg: pydantic.BaseModel) -> str:
     """First 16 hex chars of the sha256 of the canonical (key-sorted) JSON, for the run manifest."""
     canonical = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def stage_hash(cfg: pydantic.BaseModel) -> str:
+    """:func:`config_hash` of a stage config without its ``run`` section: where a run is stored and
+    ``force`` say nothing about what the stage computes, so they must not make a rerun redo it."""
+    return config_hash(type(cfg).model_construct(**{**dict(cfg), "run": None}))

@@ -1,0 +1,293 @@
+"""Embedded mode: run a pipeline's stages in this process, in order, with Ray started here.
+
+Each stage is ``jobs.<stage>.run(cfg)`` called in-process. A stage the manifest marks done with the
+same config hash is skipped (unless an earlier stage ran again), so killing the driver and rerunning
+the same command finishes the run.
+A failed stage is retried with exponential backoff. Everything a stage prints (Python logging,
+tqdm, C-level output of torch and Ray) goes to ``<run>/logs/<run_id>-<stage>-<attempt>.log``; the
+terminal shows one progress line per stage unless ``verbose``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Column
+
+from cluster.pipeline import Pipeline, PlannedStage, record_pipeline
+from ue.artifacts import Manifest
+from ue.config import stage_hash
+
+TAIL_LINES = 25
+
+
+class StageFailed(RuntimeError):
+    """A stage failed on its last attempt; ``log`` holds its output."""
+
+    def __init__(self, stage: str, attempts: int, log: Path, error: str) -> None:
+        self.stage, self.attempts, self.log, self.error = stage, attempts, log, error
+        super().__init__(f"stage {stage} failed after {attempts} attempt(s): {error}")
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    """What happened to one stage: ``done``, ``skipped`` (done earlier) or ``failed``."""
+
+    stage: str
+    status: str
+    seconds: float = 0.0
+    attempts: int = 0
+
+
+def submission_id(run_id: str, stage: str, attempt: int) -> str:
+    """``<run_id>-<stage>-<attempt>``: the Ray Job id in submit mode, the log name in embedded mode."""
+    return f"{run_id}-{stage}-{attempt}"
+
+
+def is_done(pipe: Pipeline, stage: PlannedStage) -> bool:
+    """Done with the config it would run with now (the check ``jobs._common.run_stage`` makes)."""
+    if not pipe.is_local or stage.cfg.run.force:
+        return False
+    return Manifest(pipe.layout).is_done(stage.name, stage_hash(stage.cfg))
+
+
+def can_skip(pipe: Pipeline, stage: PlannedStage, earlier_ran: str | None) -> bool:
+    """Whether ``stage`` is done and may be skipped.
+
+    A done stage still runs again when an earlier stage ran in this invocation (``earlier_ran``):
+    its inputs may have changed. It is marked ``stale`` in the manifest, so the stage's own
+    skip-if-done check (``jobs._common.run_stage``) agrees and redoes it.
+    """
+    if not is_done(pipe, stage):
+        return False
+    if earlier_ran is None:
+        return True
+    Manifest(pipe.layout).update(stage.name, status="stale", stale_because=f"{earlier_ran} ran again")
+    return False
+
+
+def log_tail(path: Path, lines: int = TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log file ("" if it does not exist)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _last_line(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")
+
+
+def _terminal_fd() -> int | None:
+    try:
+        return sys.stdout.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None  # stdout is not a file (e.g. a test runner's buffer): nothing to redirect
+
+
+@contextmanager
+def _output_to(path: Path | None) -> Iterator[None]:
+    """Point file descriptors 1 and 2 at ``path`` (append) so C extensions and child processes are
+    caught as well as Python's own writes; ``None`` leaves the output alone."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(path, "ab", buffering=0) as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+class _Display:
+    """One progress row per stage, plus a printed line for every change (visible in CI logs too)."""
+
+    def __init__(self, console: Console, stages: list[PlannedStage]) -> None:
+        self.progress = Progress(
+            SpinnerColumn(finished_text=" "),
+            TextColumn("{task.description}", table_column=Column(no_wrap=True, min_width=10)),
+            TextColumn("{task.fields[status]}", table_column=Column(no_wrap=True)),
+            TimeElapsedColumn(table_column=Column(no_wrap=True, min_width=7)),
+            # The log's last line takes whatever width is left and is cut, never wrapped.
+            TextColumn("[dim]{task.fields[detail]}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
+            console=console,
+            transient=True,
+            # Stage output belongs in the stage's log (fds 1 and 2), not above the progress rows.
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+        self.tasks: dict[str, TaskID] = {
+            s.name: self.progress.add_task(s.name, total=1, start=False, status="[dim]waiting", detail="")
+            for s in stages
+        }
+
+    def start(self, stage: str, attempt: int) -> None:
+        note = f" (attempt {attempt})" if attempt > 1 else ""
+        self.progress.start_task(self.tasks[stage])
+        self.progress.update(self.tasks[stage], status=f"[cyan]running{note}")
+
+    def finish(self, stage: str, line: str) -> None:
+        self.progress.update(self.tasks[stage], completed=1, status=line)
+        self.progress.stop_task(self.tasks[stage])
+        self.progress.console.print(f"{stage:<10} {line}", soft_wrap=True)
+
+    @contextmanager
+    def tail(self, stage: str, log: Path | None) -> Iterator[None]:
+        """While the stage runs, show the last line of its log (e.g. an epoch's loss) beside it."""
+        if log is None:
+            yield
+            return
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(1.0):
+                self.progress.update(self.tasks[stage], detail=escape(_last_line(log)[:90]))
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join()
+            self.progress.update(self.tasks[stage], detail="")
+
+    def note(self, stage: str, line: str) -> None:
+        self.progress.update(self.tasks[stage], status=line)
+        self.progress.console.print(f"{stage:<10} {line}", soft_wrap=True)
+
+
+def _start_ray(num_cpus: int | None) -> bool:
+    """Start Ray in this process (the stages' own ``init_ray`` then finds it running); True if we did.
+
+    ``address="local"`` because a bare ``ray.init()`` joins any head that ``ray start`` left
+    recorded under /tmp/ray, and an embedded run must not land on someone else's cluster.
+    ``RAY_ADDRESS``, when set, is an explicit wish to use that cluster instead.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS"):
+        from jobs._common import init_ray
+
+        return init_ray(num_cpus)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+             log_to_driver=os.environ.get("UE_RAY_LOGS", "0") == "1")
+    return True
+
+
+def run_embedded(
+    pipe: Pipeline,
+    *,
+    console: Console | None = None,
+    verbose: bool = False,
+    num_cpus: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[StageOutcome]:
+    """Run every stage of ``pipe`` in this process; returns one outcome per stage.
+
+    Raises:
+        StageFailed: for the first stage that fails on its last attempt (later stages do not run).
+    """
+    if not pipe.is_local:
+        raise ValueError(f"embedded runs need a local root, not {pipe.root}; use `ue submit` for remote storage")
+    logging.basicConfig(level=os.environ.get("UE_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
+    capture = not verbose and _terminal_fd() is not None
+    if console is None:
+        # With output captured, fd 1 points at a log file during stages; draw on a copy of the terminal.
+        console = (Console(file=os.fdopen(os.dup(_terminal_fd()), "w", buffering=1), highlight=False) if capture
+                   else Console(highlight=False))
+    logs = pipe.layout.run_dir / "logs"
+    record_pipeline(pipe.layout, file=str(pipe.path), mode="embedded", stages=[s.name for s in pipe.stages],
+                    started=time.time())
+    display = _Display(console, pipe.stages)
+    outcomes: list[StageOutcome] = []
+    ran: str | None = None  # the first stage this invocation ran; every later one runs too
+    ray_started = False
+    try:
+        with display.progress:
+            for stage in pipe.stages:
+                if can_skip(pipe, stage, ran):
+                    display.finish(stage.name, "[green]skipped[/] (done earlier)")
+                    outcomes.append(StageOutcome(stage.name, "skipped"))
+                    continue
+                if stage.impl.uses_ray and not ray_started:
+                    with _output_to(logs / "ray.log" if capture else None):
+                        ray_started = _start_ray(num_cpus)
+                outcomes.append(_run_stage(pipe, stage, display, logs, capture, sleep))
+                ran = ran or stage.name
+    finally:
+        if ray_started:
+            import ray
+
+            with _output_to(logs / "ray.log" if capture else None):
+                ray.shutdown()
+    record_pipeline(pipe.layout, finished=time.time())
+    return outcomes
+
+
+def _run_stage(
+    pipe: Pipeline, stage: PlannedStage, display: _Display, logs: Path, capture: bool,
+    sleep: Callable[[float], None],
+) -> StageOutcome:
+    attempt = 0
+    while True:
+        attempt += 1
+        log = logs / f"{submission_id(pipe.run_id, stage.name, attempt)}.log"
+        display.start(stage.name, attempt)
+        started = time.monotonic()
+        try:
+            with display.tail(stage.name, log if capture else None), _output_to(log if capture else None):
+                print(f"=== {stage.name} attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
+                try:
+                    # Imported per attempt: an import error (say, a module mid-edit) is a failed attempt too.
+                    stage.impl.run_function()(stage.cfg)
+                except Exception:
+                    traceback.print_exc()
+                    raise
+        except Exception as exc:
+            error = escape(f"{type(exc).__name__}: {exc}")
+            if attempt > stage.retries:
+                display.finish(stage.name, f"[red]failed[/] after {attempt} attempt(s)")
+                raise StageFailed(stage.name, attempt, log, error) from exc
+            wait = pipe.config.backoff(attempt)
+            display.note(stage.name, f"[yellow]attempt {attempt} failed[/] ({error}); retrying in {wait:g}s")
+            sleep(wait)
+            continue
+        seconds = time.monotonic() - started
+        display.finish(stage.name, f"[green]done[/] in {seconds:.1f}s")
+        return StageOutcome(stage.name, "done", seconds, attempt)
