@@ -181,8 +181,10 @@ class Manifest:
         return config_hash is None or entry.get("config_hash") == config_hash
 
     def update(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into the stage's entry; a field given as None is removed."""
         doc = self.read()
-        entry = {**doc["stages"].get(name, {}), **fields}
+        merged = {**doc["stages"].get(name, {}), **fields}
+        entry = {k: v for k, v in merged.items() if v is not None}
         doc["stages"][name] = entry
         doc.setdefault("versions", _versions())
         atomic_write_json(self.layout.manifest, doc)

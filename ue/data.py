@@ -200,5 +200,5 @@ def check_labels(table: pa.Table, task: str, n: int, *, source: str) -> None:
     for row, v in enumerate(table.column(col).to_pylist()):
         values = v if isinstance(v, list) else [v]
         if any(x is None or not 0 <= x < n for x in values):
-            raise DataError(f"{source}: row {row}: {col} {v!r} out of range [0, {n}) for data.num_labels={n}")
+            raise DataError(f"{source}: row {row}: {col} {v!r} out of range [0, {n}) for model.num_labels={n}")
 

@@ -27,14 +27,16 @@ def encode_tokens(
     tokenizer: Any, tokens: Sequence[Sequence[str]], tags: Sequence[Sequence[int]] | None = None, *, max_length: int
 ) -> list[dict[str, list[int]]]:
     """Token classification rows (pre-split words) -> inputs plus ``labels`` on each word's first
-    sub-token (``-100`` elsewhere) and ``word_starts``: the position of each kept word's first
-    sub-token (words cut off by truncation are absent)."""
+    sub-token (``-100`` elsewhere), ``word_starts``: the position of each kept word's first
+    sub-token (words cut off by truncation are absent), and ``word_index``: which word each start
+    belongs to (a word that yields no sub-token has no start, so the two can differ)."""
     enc = tokenizer([list(t) for t in tokens], is_split_into_words=True, truncation=True, max_length=max_length)
     rows = []
     for i, ids in enumerate(enc["input_ids"]):
         word_ids = enc.word_ids(i)
         starts = [pos for pos, w in enumerate(word_ids) if w is not None and (pos == 0 or word_ids[pos - 1] != w)]
-        row = {"input_ids": ids, "attention_mask": enc["attention_mask"][i], "word_starts": starts}
+        row = {"input_ids": ids, "attention_mask": enc["attention_mask"][i], "word_starts": starts,
+               "word_index": [word_ids[pos] for pos in starts]}
         if tags is not None:
             labels = [IGNORE] * len(ids)
             for pos in starts:

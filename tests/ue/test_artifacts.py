@@ -32,7 +32,9 @@ def test_manifest_tracks_stage_status_and_config_hash(tmp_path):
     assert not m.is_done("extract")
     m.update("extract", status="running", config_hash="abc")
     assert not m.is_done("extract")
-    m.update("extract", status="done")
+    m.update("extract", status="failed", error="boom")
+    m.update("extract", status="done", error=None)
+    assert "error" not in m.stage("extract")
     assert m.is_done("extract", "abc") and not m.is_done("extract", "other")
     assert read_json(layout.manifest)["versions"]["torch"]
     with pytest.raises(ValueError, match="plain"):

@@ -1,0 +1,185 @@
+"""``run_search``: one Ray Tune experiment, resumable, returned as a table with one row per trial.
+
+The experiment lives in ``<storage_path>/<name>/`` (Ray Tune's own layout). When that folder holds a
+restorable experiment of the same search (same ``fingerprint``), the search is resumed with
+``Tuner.restore``: finished trials are kept as they are, unfinished and errored ones run again. An
+interrupted search (Ctrl+C, SIGUSR1, a killed driver) raises :class:`SearchInterrupted`; calling
+``run_search`` again with the same arguments completes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from tuning.trainable import FINAL
+from ue.artifacts import atomic_write_json, read_json
+
+log = logging.getLogger("ue.tuning")
+Scheduler = Literal["fifo", "asha"]
+_FINGERPRINT_FILE = "search.json"
+_TUNE_BOOKKEEPING = {  # what Tune adds to every result: kept in its own files, not in the table
+    "trial_id", "timestamp", "checkpoint_dir_name", "done", "training_iteration", "date", "time_this_iter_s",
+    "time_total_s", "pid", "hostname", "node_ip", "time_since_restore", "iterations_since_restore", "config",
+    "experiment_tag",
+}
+
+
+class SearchInterrupted(RuntimeError):
+    """The search stopped before every trial finished; its state is saved and a rerun resumes it."""
+
+
+class TrialsFailed(RuntimeError):
+    """Some trials raised; rerunning the search retries them and keeps the finished ones."""
+
+
+def count_trials(param_space: Mapping[str, Any], num_samples: int = 1) -> int:
+    """Trials a search creates: ``num_samples`` times the size of every top-level grid."""
+    grids = [v["grid_search"] for v in param_space.values() if isinstance(v, Mapping) and "grid_search" in v]
+    return num_samples * math.prod(len(g) for g in grids)
+
+
+def run_search(
+    trainable: Callable[..., Any] | Any,
+    *,
+    param_space: Mapping[str, Any],
+    metric: str,
+    mode: Literal["max", "min"],
+    storage_path: str | Path,
+    name: str = "experiment",
+    num_samples: int = 1,
+    search_seed: int = 0,
+    scheduler: Scheduler = "fifo",
+    max_t: int | None = None,
+    grace_period: int = 1,
+    reduction_factor: float = 3.0,
+    max_concurrent_trials: int | None = None,
+    reuse_actors: bool = True,
+    fingerprint: str = "",
+    resume: bool = True,
+    callbacks: Sequence[Any] = (),
+    verbose: int = 0,
+) -> pd.DataFrame:
+    """Run (or resume) a Ray Tune search; return one row per trial.
+
+    Args:
+        trainable: a function trainable, usually from :func:`tuning.trainable.head_trainable`; it must
+            report ``metric`` and mark its last report with ``final=True``.
+        param_space: Ray Tune param space; grids are enumerated, other domains drawn ``num_samples``
+            times and held constant across the grids (so head seeds repeat the same configuration).
+        metric, mode: what the scheduler and the ordering of trials optimise (validation only).
+        storage_path, name: the experiment goes to ``<storage_path>/<name>/``.
+        search_seed: seed of the random draws.
+        scheduler: ``fifo`` runs every trial to the end; ``asha`` stops bad ones early (ASHA,
+            Li et al. 2020) after ``grace_period`` reports, keeping 1 in ``reduction_factor`` per rung,
+            up to ``max_t`` reports.
+        max_concurrent_trials: at most this many trials at once (default: as many as CPUs allow).
+        reuse_actors: run consecutive trials in the same CPU actor (saves a process start per trial).
+        fingerprint: identifies the search; a saved experiment with another fingerprint is discarded
+            instead of resumed.
+        resume: resume a saved experiment of the same search instead of starting over.
+        callbacks: extra ``ray.tune.Callback`` objects (progress, tests).
+        verbose: Ray Tune's console verbosity (0 silent .. 2 every result).
+
+    A resumed experiment keeps the concurrency limit and callbacks of its first run: Ray Tune
+    restores them from its saved state.
+
+    Returns:
+        Columns: ``trial_id``, every config key, the last reported value of every metric,
+        ``iterations`` (reports), ``time_s``, ``early_stopped``; sorted by ``trial_id``.
+
+    Raises:
+        SearchInterrupted: the run was interrupted; call again to resume.
+        TrialsFailed: a trial raised; the message holds the first error.
+    """
+    from ray import tune
+
+    storage = Path(storage_path).resolve()
+    exp_dir = storage / name
+    if resume and _same_search(storage, fingerprint) and tune.Tuner.can_restore(exp_dir):
+        log.info("resuming the search saved in %s", exp_dir)
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, restart_errored=True)
+    else:
+        if exp_dir.exists():
+            log.info("discarding the saved experiment %s (another search or resume=False)", exp_dir)
+            shutil.rmtree(exp_dir)
+        atomic_write_json(storage / _FINGERPRINT_FILE, {"fingerprint": fingerprint})
+        tuner = tune.Tuner(
+            trainable,
+            param_space=dict(param_space),
+            tune_config=tune.TuneConfig(
+                metric=metric, mode=mode, num_samples=num_samples,
+                scheduler=_scheduler(scheduler, max_t=max_t, grace_period=grace_period,
+                                     reduction_factor=reduction_factor),
+                # Tune ignores TuneConfig.max_concurrent_trials for a variant generator: limit it here.
+                search_alg=_variants(search_seed, max_concurrent_trials),
+                reuse_actors=reuse_actors,
+            ),
+            run_config=tune.RunConfig(storage_path=str(storage), name=name, callbacks=list(callbacks),
+                                      verbose=verbose),
+        )
+    grid = tuner.fit()
+    trials = trials_table(grid)
+    _check_complete(grid, trials, count_trials(param_space, num_samples), exp_dir)
+    return trials
+
+
+def _scheduler(kind: Scheduler, *, max_t: int | None, grace_period: int, reduction_factor: float) -> Any:
+    if kind == "fifo":
+        return None  # Tune's default FIFO scheduler
+    from ray.tune.schedulers import ASHAScheduler
+
+    if max_t is None:
+        raise ValueError("scheduler='asha' needs max_t, the most reports (epochs) a trial makes")
+    return ASHAScheduler(max_t=max_t, grace_period=min(grace_period, max_t), reduction_factor=reduction_factor)
+
+
+def _variants(seed: int, max_concurrent: int | None) -> Any:
+    """Grid + random variants; random draws held constant across the grids (seeds, replicas)."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(constant_grid_search=True, random_state=seed, max_concurrent=max_concurrent or 0)
+
+
+def _same_search(storage: Path, fingerprint: str) -> bool:
+    path = storage / _FINGERPRINT_FILE
+    return path.is_file() and read_json(path).get("fingerprint") == fingerprint
+
+
+def trials_table(grid: Any) -> pd.DataFrame:
+    """One row per trial of a Ray Tune ``ResultGrid`` (see :func:`run_search` for the columns)."""
+    rows = []
+    for result in grid:
+        metrics = dict(result.metrics or {})
+        config = dict(result.config or {})
+        clash = sorted(set(config) & set(metrics))
+        if clash:
+            raise ValueError(f"config keys {clash} are also metric names; rename the reported metrics")
+        row = {"trial_id": metrics.get("trial_id", Path(result.path).name), **config}
+        row.update({k: v for k, v in metrics.items() if k not in _TUNE_BOOKKEEPING})
+        row["iterations"] = metrics.get("training_iteration", 0)
+        row["time_s"] = metrics.get("time_total_s", math.nan)
+        row["early_stopped"] = not metrics.get(FINAL, False)
+        row.pop(FINAL, None)
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("trial_id", kind="stable").reset_index(drop=True)
+
+
+def _check_complete(grid: Any, trials: pd.DataFrame, expected: int, exp_dir: Path) -> None:
+    if grid.num_errors:
+        raise TrialsFailed(
+            f"{grid.num_errors} of {expected} trials failed; first error:\n{grid.errors[0]}\n"
+            f"fix the cause and run the search again: it resumes from {exp_dir} and retries only those trials"
+        )
+    done = sum(bool(r.metrics and r.metrics.get("done")) for r in grid)
+    if len(trials) < expected or done < expected:
+        raise SearchInterrupted(
+            f"search interrupted with {done} of {expected} trials finished; its state is saved in {exp_dir}: "
+            "run the same command again to resume (finished trials are not rerun)"
+        )
