@@ -42,6 +42,9 @@ ADAPTER_DIR = "adapter"
 OPTIMIZER_FILE = "optimizer.pt"
 DEEPSPEED_TAG = "deepspeed"
 SHUFFLE_BUFFER_ROWS = 10_000
+GROUP_BATCHES = 16
+"""Micro-batches per window whose rows are sorted by length together (``train.group_by_length``)."""
+LENGTH_COLUMNS = ("text", "text_pair", "tokens", "prompt", "answer")
 CLASSIFICATION_MODULES = frozenset({"score", "classifier", "pooler", "pre_classifier"})
 """Names of the modules that turn the hidden state into logits (BERT's pooler included)."""
 
@@ -140,10 +143,12 @@ def train_epoch(
     engine.train()
     # Dropout differs per epoch and worker yet repeats exactly when a run resumes.
     torch.manual_seed(int(np.random.SeedSequence([cfg.train.seed, epoch, rank]).generate_state(1)[0]))
-    batches = shard.iter_batches(
-        batch_size=cfg.train.batch_size, batch_format="numpy",
+    windows = shard.iter_batches(
+        batch_size=cfg.train.batch_size * GROUP_BATCHES, batch_format="numpy",
         local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS, local_shuffle_seed=cfg.train.seed + epoch,
     )
+    batches = micro_batches(windows, cfg.train.batch_size, by_length=cfg.train.group_by_length,
+                            rng=np.random.default_rng([cfg.train.seed, epoch]))
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, micro-batches, tokens
     for i, (rows, last) in enumerate(_flag_last(batches)):
         batch = make_batch(rows)
@@ -212,7 +217,8 @@ def evaluate(
     and ``val_accuracy`` (token accuracy on the answer for causal LM), over every worker's shard."""
     engine.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # nll sum, correct, scored positions
-    for rows in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
+    windows = shard.iter_batches(batch_size=batch_size * GROUP_BATCHES, batch_format="numpy")
+    for rows in micro_batches(windows, batch_size, by_length=True):
         batch = make_batch(rows)
         logits, labels = scored(engine.forward(batch), batch["labels"], task)
         nll = F.cross_entropy(logits.float(), labels, reduction="sum")
@@ -220,6 +226,35 @@ def evaluate(
                                totals.new_tensor(labels.numel())])
     totals = _sum_over_workers(totals)
     return {"val_loss": (totals[0] / totals[2]).item(), "val_accuracy": (totals[1] / totals[2]).item()}
+
+
+def micro_batches(
+    windows: Iterable[dict[str, np.ndarray]], batch_size: int, *, by_length: bool,
+    rng: np.random.Generator | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Cut windows of rows into micro-batches of ``batch_size``, each worker getting
+    ``ceil(rows / batch_size)`` of them.
+
+    ``by_length`` sorts each window by length first (HF's ``group_by_length``), so a micro-batch is
+    padded to similar lengths: on SST-2 that halves the tokens computed. ``rng`` then shuffles the
+    order of a window's micro-batches, so training does not see them shortest first.
+    """
+    for rows in windows:
+        n = len(next(iter(rows.values())))
+        order = np.argsort(_approximate_lengths(rows, n), kind="stable") if by_length else np.arange(n)
+        starts = np.arange(0, n, batch_size)
+        for start in rng.permutation(starts) if rng is not None else starts:
+            pick = order[start:start + batch_size]
+            yield {column: values[pick] for column, values in rows.items()}
+
+
+def _approximate_lengths(rows: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """Characters of each row's text columns, a cheap stand-in for its token count."""
+    lengths = np.zeros(n)
+    for column in LENGTH_COLUMNS:
+        if column in rows:
+            lengths += [sum(map(len, value)) if column == "tokens" else len(value) for value in rows[column]]
+    return lengths
 
 
 def scored(logits: Tensor, labels: Tensor, task: str) -> tuple[Tensor, Tensor]:
