@@ -48,7 +48,10 @@ LENGTH_COLUMNS = ("text", "text_pair", "tokens", "prompt", "answer")
 CLASSIFICATION_MODULES = frozenset({"score", "classifier", "pooler", "pre_classifier"})
 """Names of the modules that turn the hidden state into logits (BERT's pooler included)."""
 
-LossFn = Callable[..., Tensor]
+LossFn = Callable[[Tensor, dict[str, Tensor], int], Tensor]
+"""``loss(logits, batch, step) -> scalar``, built by :func:`build_loss`."""
+MakeBatch = Callable[[dict[str, np.ndarray]], dict[str, Tensor]]
+"""Raw Ray Data rows -> model inputs on the worker's device."""
 T = TypeVar("T")
 
 
@@ -133,8 +136,8 @@ def train_loop(config: dict[str, LoopInputs]) -> None:
 
 
 def train_epoch(
-    engine: DDPBackend | DeepSpeedBackend, shard: Any, make_batch: Callable[[dict[str, np.ndarray]], dict[str, Tensor]],
-    loss_fn: Callable[[Tensor, dict[str, Tensor], int], Tensor], state: TrainState, cfg: Config, *,
+    engine: DDPBackend | DeepSpeedBackend, shard: Any, make_batch: MakeBatch, loss_fn: LossFn,
+    state: TrainState, cfg: Config, *,
     epoch: int, rank: int, device: torch.device,
 ) -> dict[str, float]:
     """One pass over this worker's shard; advances ``state.step``. Returns ``train_loss`` (mean over
@@ -173,7 +176,7 @@ def build_optimizer(model: nn.Module, cfg: Config, total_steps: int) -> tuple[to
     return optimizer, get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
-def build_loss(cfg: Config, total_steps: int) -> Callable[[Tensor, dict[str, Tensor], int], Tensor]:
+def build_loss(cfg: Config, total_steps: int) -> LossFn:
     """``loss(logits, batch, step)`` for the configured loss: its params bound, token classification
     unshifted, and the paper's beta schedule for the mixed UA-CLM objective."""
     params: dict[str, Any] = dict(cfg.train.loss_params)
@@ -210,8 +213,8 @@ def encode_batch(rows: dict[str, np.ndarray], tokenizer: Any, task: str, max_len
 
 @torch.no_grad()
 def evaluate(
-    engine: DDPBackend | DeepSpeedBackend, shard: Any, make_batch: Callable[[dict[str, np.ndarray]], dict[str, Tensor]],
-    task: str, batch_size: int, device: torch.device,
+    engine: DDPBackend | DeepSpeedBackend, shard: Any, make_batch: MakeBatch, task: str, batch_size: int,
+    device: torch.device,
 ) -> dict[str, float]:
     """``val_loss`` (cross entropy, whatever the training loss, so runs with different losses compare)
     and ``val_accuracy`` (token accuracy on the answer for causal LM), over every worker's shard."""
