@@ -14,8 +14,10 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
+from jobs.schemas import FROM_FINETUNE
 from ue.artifacts import Manifest, RunLayout, atomic_write_text
 from ue.config import ConfigError, ConfigModel, dump_config, load_config, stage_hash
 
@@ -33,7 +35,9 @@ def parse_args(argv: Sequence[str] | None, stage: str) -> argparse.Namespace:
 def job_main(config_cls: type[C], run: Callable[[C], dict[str, Any]], argv: Sequence[str] | None = None) -> None:
     """Command-line entry of a stage: load + validate the config, run, exit non-zero on failure."""
     logging.basicConfig(level=os.environ.get("UE_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
-    stage = run.__module__.rsplit(".", 1)[-1]
+    # Under ``python -m jobs.<stage>`` the module is ``__main__``; its spec keeps the real name.
+    spec = getattr(sys.modules.get(run.__module__), "__spec__", None)
+    stage = (spec.name if spec is not None else run.__module__).rsplit(".", 1)[-1]
     args = parse_args(argv, stage)
     try:
         cfg = load_config(config_cls, args.config, overrides=args.overrides)
@@ -41,6 +45,19 @@ def job_main(config_cls: type[C], run: Callable[[C], dict[str, Any]], argv: Sequ
         print(f"config error in stage {stage}:\n{e}", file=sys.stderr)
         raise SystemExit(2) from None
     run(cfg)
+
+
+def adapter_dir(adapter: str | None, layout: RunLayout) -> str | None:
+    """The PEFT adapter folder an ``adapter`` config value names (``finetune``: this run's), checked to hold one."""
+    if adapter is None:
+        return None
+    path = layout.adapter_dir if adapter == FROM_FINETUNE else Path(adapter).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"adapter={adapter!r}: {path} holds no PEFT adapter (adapter_config.json); run the finetune "
+            "stage first, point adapter at an adapter folder, or set adapter=null to use the base model"
+        )
+    return str(path)
 
 
 def stage_layout(cfg: Any) -> RunLayout:

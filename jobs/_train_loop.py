@@ -187,7 +187,9 @@ def build_loss(cfg: Config, total_steps: int) -> LossFn:
     def loss(logits: Tensor, batch: dict[str, Tensor], step: int) -> Tensor:
         extra = {"uncertainty": batch["uncertainty"]} if "uncertainty" in batch else {}
         if cfg.train.mix_ce:
-            beta = ua_clm_beta_schedule(min(step, total_steps - 1), total_steps)
+            t = cfg.train
+            beta = ua_clm_beta_schedule(min(step, total_steps - 1), total_steps, early=t.beta_early,
+                                        late=t.beta_late, switch=t.beta_switch)
             return ua_clm_mixed(logits, batch["labels"], beta=beta, **params, **extra)
         return base(logits, batch["labels"], **params, **extra)
 

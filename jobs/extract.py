@@ -36,8 +36,8 @@ import ray
 import ray.data
 import torch
 
-from jobs._common import init_ray, job_main, run_stage
-from jobs.schemas.extract import FROM_FINETUNE, Config
+from jobs._common import adapter_dir, init_ray, job_main, run_stage
+from jobs.schemas.extract import Config
 from ue.artifacts import RunLayout, atomic_write_json, read_json
 from ue.data import check_labels, load_split, num_labels
 from ue.extraction import classify_batch, confidence_logits, generate_answers, length_batches, rouge_l
@@ -62,7 +62,7 @@ def run(cfg: Config) -> dict[str, Any]:
 
 def extract(cfg: Config, layout: RunLayout) -> dict[str, Any]:
     # 1. Setup: adapter, a clean cache for this content, the rows of every split.
-    adapter = _adapter_dir(cfg, layout)
+    adapter = adapter_dir(cfg.adapter, layout)
     _reset_stale_cache(layout.features_dir, _content_hash(cfg), force=cfg.run.force)
     tables = {split: _read_split(cfg, split) for split in cfg.splits}
     labels = None if cfg.model.task == "causal_lm" else _num_labels(cfg, tables)
@@ -87,18 +87,6 @@ def extract(cfg: Config, layout: RunLayout) -> dict[str, Any]:
 
 
 # -- setup -------------------------------------------------------------------------------------------
-def _adapter_dir(cfg: Config, layout: RunLayout) -> str | None:
-    if cfg.adapter is None:
-        return None
-    path = layout.adapter_dir if cfg.adapter == FROM_FINETUNE else Path(cfg.adapter).expanduser()
-    if not (path / "adapter_config.json").is_file():
-        raise FileNotFoundError(
-            f"adapter={cfg.adapter!r}: {path} holds no PEFT adapter (adapter_config.json); run the finetune "
-            "stage first, point adapter at an adapter folder, or set adapter=null to use the base model"
-        )
-    return str(path)
-
-
 def _content_hash(cfg: Config) -> str:
     content = cfg.model_dump(mode="json", include=CONTENT_KEYS)
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]

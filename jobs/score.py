@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from jobs._common import init_ray, job_main, run_stage
-from jobs.schemas.score import FROM_FINETUNE, Config
+from jobs._common import adapter_dir, init_ray, job_main, run_stage
+from jobs.schemas.score import Config
 from ue.artifacts import RunLayout, atomic_write_json, read_json
 from ue.corpus import ROW_FIELDS, Block, Columns, InputFile, list_inputs, plan_blocks, read_block
 from ue.scoring import POST_HOC_HEADS, QUARANTINE_SCHEMA, calibrate, score_schema
@@ -62,7 +62,7 @@ def run(cfg: Config) -> dict[str, Any]:
 
 def score(cfg: Config, layout: RunLayout) -> dict[str, Any]:
     # 1. Setup: adapter, heads, threshold, a clean output folder for this content, the blocks to do.
-    adapter = _adapter_dir(cfg, layout)
+    adapter = adapter_dir(cfg.adapter, layout)
     meta = _check_same_model(cfg, layout, adapter)
     head_dirs = {name: _head_dir(layout, name) for name in cfg.heads}
     ood_dir = _head_dir(layout, cfg.ood, fitted=True) if cfg.ood else None
@@ -102,18 +102,6 @@ def score(cfg: Config, layout: RunLayout) -> dict[str, Any]:
 
 
 # -- setup -------------------------------------------------------------------------------------------
-def _adapter_dir(cfg: Config, layout: RunLayout) -> str | None:
-    if cfg.adapter is None:
-        return None
-    path = layout.adapter_dir if cfg.adapter == FROM_FINETUNE else Path(cfg.adapter).expanduser()
-    if not (path / "adapter_config.json").is_file():
-        raise FileNotFoundError(
-            f"adapter={cfg.adapter!r}: {path} holds no PEFT adapter (adapter_config.json); run the finetune "
-            "stage first, point adapter at an adapter folder, or set adapter=null to use the base model"
-        )
-    return str(path)
-
-
 def _check_same_model(cfg: Config, layout: RunLayout, adapter: str | None) -> dict[str, Any] | None:
     """``features.json`` if the run has one, after checking that its features (which the heads and
     the threshold were fitted on) come from the model and adapter that will score."""

@@ -1,11 +1,14 @@
-"""Shared fixtures: small seeded feature tables and classification modules."""
+"""Shared fixtures: small seeded feature tables, classification modules, a local Ray per module."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 
+from tests.tuning.synthetic import start_ray
 from ue.heads.modules import Classifier, ClassifierSpec
 
 
@@ -40,3 +43,12 @@ def linear_classifier() -> Classifier:
 def splits(linear_classifier: Classifier) -> dict[str, dict[str, np.ndarray]]:
     return {name: make_features(linear_classifier, n, seed=s) for name, n, s in
             (("train", 600, 1), ("val", 300, 2), ("test", 300, 3))}
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    import ray
+
+    start_ray()
+    yield
+    ray.shutdown()

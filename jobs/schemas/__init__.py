@@ -11,6 +11,8 @@ import importlib
 from ue.config import ConfigModel
 from ue.registry import unknown_name_message
 
+FROM_FINETUNE = "finetune"
+"""``adapter`` value of the extract and score stages meaning this run's ``<run>/finetune/adapter``."""
 STAGES = ("finetune", "extract", "fit_heads", "tune", "score", "report")
 """Pipeline stages in their natural order."""
 

@@ -6,11 +6,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from jobs.schemas import FROM_FINETUNE
 from ue.config import ConfigModel, DataConfig, ModelConfig, RayResources, RunConfig
 from ue.config.models import Split
-
-FROM_FINETUNE = "finetune"
-"""``adapter`` value that means this run's fine-tuned adapter, ``<run>/finetune/adapter``."""
 
 
 class GenerationConfig(ConfigModel):

@@ -54,6 +54,10 @@ class TrainSettings(ConfigModel):
         False, description="ua_clm only: train on CE + beta * UA-CLM with the paper's beta schedule "
         "(0.2 for the first 20% of steps, then 0.8) instead of UA-CLM alone.",
     )
+    beta_early: float = Field(0.2, description="mix_ce only: weight of the UA-CLM term for the first "
+                              "beta_switch fraction of the optimiser steps (the paper: 0.2).")
+    beta_late: float = Field(0.8, description="mix_ce only: weight of the UA-CLM term afterwards (the paper: 0.8).")
+    beta_switch: float = Field(0.2, description="mix_ce only: fraction of the steps after which beta_late applies.")
     epochs: int = Field(3, description="Passes over the training split.")
     batch_size: int = Field(16, description="Rows per micro-batch on each worker.")
     grad_accum: int = Field(1, description="Micro-batches per optimiser step.")
@@ -85,6 +89,18 @@ class TrainSettings(ConfigModel):
     def _mix_needs_ua_clm(cls, value: bool, info: ValidationInfo) -> bool:
         if value and info.data.get("loss") != "ua_clm":
             raise ValueError("applies only to loss ua_clm; set train.loss=ua_clm or remove it")
+        return value
+
+    @field_validator("beta_early", "beta_late")
+    @classmethod
+    def _non_negative_beta(cls, value: float) -> float:
+        return _at_least(value, 0.0, "the UA-CLM weight cannot be negative")
+
+    @field_validator("beta_switch")
+    @classmethod
+    def _switch_fraction(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError("must be in [0, 1]; 0.2 switches after the first 20% of steps")
         return value
 
     @field_validator("epochs", "batch_size", "grad_accum", "keep_checkpoints")

@@ -6,11 +6,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from jobs.schemas import FROM_FINETUNE
 from ue.config import ConfigModel, ModelConfig, RayResources, RunConfig
 from ue.config.models import Split
 
-FROM_FINETUNE = "finetune"
-"""``adapter`` value that means this run's fine-tuned adapter, ``<run>/finetune/adapter``."""
 MAX_BLOCK_MB = 64
 """Blocks travel through Ray's object store whole; keep them well under its 128 MiB block target."""
 

@@ -21,7 +21,7 @@ import pytest
 import ray
 import torch
 
-from jobs import finetune
+from jobs import _train_loop, finetune
 from jobs.schemas.finetune import DEEPSPEED_DIR, LOSS_NAMES, Config
 from tests.tiny import save_tiny_model
 from ue.config import ConfigError, load_config
@@ -136,6 +136,24 @@ def test_deepspeed_auto_values_are_filled_from_the_config(tmp_path: Path, models
     assert zero["stage3_max_live_parameters"] == shipped_zero["stage3_max_live_parameters"]
     assert zero["stage3_param_persistence_threshold"] == 640  # 10 * hidden size, as the HF Trainer fills it
     assert "auto" not in json.dumps(ds)
+
+
+def test_ua_clm_beta_schedule_comes_from_the_config(tmp_path: Path, models: dict[str, Path],
+                                                    sst2_slice: Path) -> None:
+    """The mixed objective's weights are config keys (so Tune can search them): CE alone while
+    beta_early is 0, CE + 2 * UA-CLM after the switch."""
+    cfg = tiny_config(tmp_path, models["causal_lm"], sst2_slice, task="causal_lm",
+                      train={"loss": "ua_clm", "mix_ce": True, "beta_early": 0.0, "beta_late": 2.0, "beta_switch": 0.5})
+    loss = _train_loop.build_loss(cfg, total_steps=10)
+    logits = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0))
+    batch = {"labels": torch.tensor([[1, 2, 3, 4, 5], [-100, 6, 1, 0, 2]])}
+    ce = LOSSES["ce"](logits, batch["labels"])
+    ua = LOSSES["ua_clm"](logits, batch["labels"])
+    assert loss(logits, batch, 4).item() == pytest.approx(ce.item(), rel=1e-6)
+    assert loss(logits, batch, 5).item() == pytest.approx((ce + 2.0 * ua).item(), rel=1e-6)
+    with pytest.raises(ConfigError, match=r"train\.beta_switch"):
+        tiny_config(tmp_path, models["causal_lm"], sst2_slice, task="causal_lm",
+                    train={"loss": "ua_clm", "mix_ce": True, "beta_switch": 1.5})
 
 
 # -- bad configs fail before any worker starts -----------------------------------------------------

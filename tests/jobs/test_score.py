@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +18,12 @@ from jobs.schemas.score import Config
 from jobs.score import run
 from tests.jobs.score_run import sentences, write_mixed_corpus, write_scoring_run
 from tests.tiny import save_tiny_model
-from tests.tuning.synthetic import start_ray
 from ue.artifacts import Manifest, RunLayout
 from ue.config import ConfigError, load_config
 from ue.corpus import Columns, list_inputs, plan_blocks, read_block
 from ue.scoring import calibrate, read_quarantine, read_scores
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    import ray
-
-    start_ray()
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,6 @@ from jobs.schemas.score import Config
 from jobs.score import run
 from tests.jobs.score_run import model_features, write_features
 from tests.tiny import MINILM
-from tests.tuning.synthetic import start_ray
 from ue.artifacts import RunLayout
 from ue.config import load_config
 from ue.scoring import read_scores
@@ -55,15 +53,6 @@ def _fit_classifier(directory: Path, train: list[dict]) -> str:
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
     return str(directory)
-
-
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    import ray
-
-    start_ray()
-    yield
-    ray.shutdown()
 
 
 def test_accepted_rows_of_a_held_out_set_keep_the_target_error_rate(tmp_path: Path, ray_local: None):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 from jobs._common import job_main
 from jobs.schemas.tune import Config
 from jobs.tune import run
-from tests.tuning.synthetic import start_ray, write_synthetic_run
+from tests.tuning.synthetic import write_synthetic_run
 from ue.artifacts import Manifest, RunLayout
 from ue.config import load_config
 from ue.heads import load_head
@@ -24,15 +23,6 @@ SEARCH = {
     "space": {"beta": {"grid": [0.0, 10.0]}},
     "feature_runs": ["backbone2"], "max_concurrent_trials": 2,
 }
-
-
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    import ray
-
-    start_ray()
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
