@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from ue.data import DataError, check_labels, load_split, num_labels, qa_prompt
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "sst2").is_dir(), reason="shared/data is not beside the checkout")
+DATA = Path(os.environ.get("UE_DATA_DIR") or Path(__file__).resolve().parents[3] / "shared" / "data")
+needs_data = pytest.mark.skipif(not (DATA / "sst2").is_dir(), reason="no datasets at $UE_DATA_DIR or ../shared/data")
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
