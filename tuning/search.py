@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +26,7 @@ from ue.artifacts import atomic_write_json, read_json
 log = logging.getLogger("ue.tuning")
 Scheduler = Literal["fifo", "asha"]
 _FINGERPRINT_FILE = "search.json"
+_AUTO_LOGGERS_OFF = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 _TUNE_BOOKKEEPING = {  # what Tune adds to every result: kept in its own files, not in the table
     "trial_id", "timestamp", "checkpoint_dir_name", "done", "training_iteration", "date", "time_this_iter_s",
     "time_total_s", "pid", "hostname", "node_ip", "time_since_restore", "iterations_since_restore", "config",
@@ -99,6 +102,7 @@ def run_search(
         TrialsFailed: a trial raised; the message holds the first error.
     """
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     storage = Path(storage_path).resolve()
     exp_dir = storage / name
@@ -121,13 +125,32 @@ def run_search(
                 search_alg=_variants(search_seed, max_concurrent_trials),
                 reuse_actors=reuse_actors,
             ),
-            run_config=tune.RunConfig(storage_path=str(storage), name=name, callbacks=list(callbacks),
-                                      verbose=verbose),
+            run_config=tune.RunConfig(storage_path=str(storage), name=name, verbose=verbose,
+                                      callbacks=[*callbacks, JsonLoggerCallback()]),
         )
-    grid = tuner.fit()
+    with _json_results_only():
+        grid = tuner.fit()
     trials = trials_table(grid)
     _check_complete(grid, trials, count_trials(param_space, num_samples), exp_dir)
     return trials
+
+
+@contextmanager
+def _json_results_only() -> Iterator[None]:
+    """Keep Ray Tune from adding its CSV and TensorBoard loggers (each trial's ``result.json`` is kept).
+
+    The driver writes every per-epoch report through each logger on the cores the trials run on; on
+    the 27-config ALIEN grid over 2 CPUs that cost 0.2 s per trial (speed-up 1.63x -> 1.71x).
+    """
+    previous = os.environ.get(_AUTO_LOGGERS_OFF)
+    os.environ[_AUTO_LOGGERS_OFF] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_AUTO_LOGGERS_OFF, None)
+        else:
+            os.environ[_AUTO_LOGGERS_OFF] = previous
 
 
 def _scheduler(kind: Scheduler, *, max_t: int | None, grace_period: int, reduction_factor: float) -> Any:
