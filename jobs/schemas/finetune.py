@@ -91,11 +91,6 @@ class TrainSettings(ConfigModel):
             raise ValueError("applies only to loss ua_clm; set train.loss=ua_clm or remove it")
         return value
 
-    @field_validator("beta_early", "beta_late")
-    @classmethod
-    def _non_negative_beta(cls, value: float) -> float:
-        return _at_least(value, 0.0, "the UA-CLM weight cannot be negative")
-
     @field_validator("beta_switch")
     @classmethod
     def _switch_fraction(cls, value: float) -> float:
@@ -115,7 +110,7 @@ class TrainSettings(ConfigModel):
             raise ValueError("must be > 0; LoRA fine-tuning usually uses 1e-4 to 1e-3")
         return value
 
-    @field_validator("weight_decay", "max_grad_norm")
+    @field_validator("weight_decay", "max_grad_norm", "beta_early", "beta_late")
     @classmethod
     def _non_negative(cls, value: float) -> float:
         return _at_least(value, 0.0, "0 turns it off")
