@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench clean-venv
+.PHONY: test demo lint clean-venv
 
 # Order matters: the CPU torch wheel first (otherwise pip pulls CUDA builds), then DeepSpeed built
 # against it without build isolation, then the project itself.
