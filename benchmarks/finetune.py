@@ -24,7 +24,6 @@ Every variant runs ``--repeats`` times, interleaved; medians are reported.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -54,9 +53,10 @@ def job_config(root: Path, rows: int, *, deepspeed: str | None, group_by_length:
 
 def run_job(cfg: Any) -> float:
     from jobs import finetune
+    from ue.artifacts import RunLayout, read_json
 
     finetune.run(cfg)
-    metrics = json.loads((Path(cfg.run.root) / cfg.run.run_id / "finetune" / "metrics.json").read_text())
+    metrics = read_json(RunLayout(cfg.run.root, cfg.run.run_id).finetune_dir / "metrics.json")
     return float(metrics["epochs"][0]["train_tokens_per_s"])
 
 

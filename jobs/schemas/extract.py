@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from jobs.schemas import FROM_FINETUNE
-from ue.config import ConfigModel, DataConfig, ModelConfig, RayResources, RunConfig
+from jobs.schemas import ModelStageConfig
+from ue.config import ConfigModel, DataConfig
 from ue.config.models import Split
 
 
@@ -35,29 +35,16 @@ class GenerationConfig(ConfigModel):
         return value
 
 
-class Config(ConfigModel):
+class Config(ModelStageConfig):
     """One model (+ optional LoRA adapter) over the data splits, features written to the run."""
 
-    run: RunConfig = Field(default_factory=RunConfig)
     data: DataConfig
-    model: ModelConfig
-    adapter: str | None = Field(
-        None,
-        description=f"PEFT adapter folder; {FROM_FINETUNE!r} = this run's finetune/adapter; "
-        "null uses the base model as is.",
-    )
     splits: list[Split] = Field(default_factory=lambda: ["train", "val", "test"], description="Splits to cache.")
-    batch_size: int = Field(64, description="Rows per forward pass (rows of similar length are batched together).")
     rows_per_part: int = Field(
         2048, description="Input rows per Parquet part file; a part is the unit of resume after a crash."
     )
     padding_side: Literal["left", "right"] | None = Field(
         None, description="Override the tokenizer's padding side (causal LM QA always pads left)."
-    )
-    resources: RayResources = Field(
-        default_factory=RayResources,
-        description="num_workers = model replicas (actors); use_gpu puts one replica per GPU; "
-        "cpus_per_worker = torch threads per replica.",
     )
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
 
@@ -68,7 +55,7 @@ class Config(ConfigModel):
             raise ValueError("must list each split at most once, e.g. [train, val, test]")
         return value
 
-    @field_validator("batch_size", "rows_per_part")
+    @field_validator("rows_per_part")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from jobs.schemas import FROM_FINETUNE
-from ue.config import ConfigModel, ModelConfig, RayResources, RunConfig
+from jobs.schemas import ModelStageConfig
+from ue.config import ConfigModel
 from ue.config.models import Split
 
 MAX_BLOCK_MB = 64
@@ -100,16 +100,10 @@ class AcceptConfig(ConfigModel):
         return value
 
 
-class Config(ConfigModel):
+class Config(ModelStageConfig):
     """Score a corpus with the model (+ adapter) and heads of one run; shards go to <run>/scores/."""
 
-    run: RunConfig = Field(default_factory=RunConfig)
     corpus: CorpusConfig
-    model: ModelConfig
-    adapter: str | None = Field(
-        None,
-        description=f"PEFT adapter folder; {FROM_FINETUNE!r} = this run's finetune/adapter; null = the base model.",
-    )
     heads: list[str] = Field(
         default_factory=lambda: ["msp", "entropy"],
         description="Heads whose score becomes a u_<name> column: folders under <run>/heads/ (fit_heads' "
@@ -118,13 +112,7 @@ class Config(ConfigModel):
     ood: str | None = Field(None, description="A fitted head under <run>/heads/ (e.g. mahalanobis) whose score "
                             "becomes the `ood` column; None leaves it out.")
     accept: AcceptConfig | None = Field(None, description="The accept/abstain decision; None leaves `accept` out.")
-    batch_size: int = Field(64, description="Rows per forward pass (rows of similar length are batched together).")
     read_concurrency: int = Field(2, description="Read tasks at most at once (they reserve no CPU).")
-    resources: RayResources = Field(
-        default_factory=RayResources,
-        description="num_workers = model replicas (actors); use_gpu puts one replica per GPU; "
-        "cpus_per_worker = torch threads per replica.",
-    )
 
     @field_validator("heads")
     @classmethod
@@ -133,7 +121,7 @@ class Config(ConfigModel):
             raise ValueError("must name each head folder once, e.g. [alien, msp]")
         return value
 
-    @field_validator("batch_size", "read_concurrency")
+    @field_validator("read_concurrency")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:
