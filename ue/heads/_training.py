@@ -7,12 +7,14 @@ only the ``val`` arrays passed here take part in selection, so a test split neve
 
 Unlike the reference code, the cached features are held as one float32 tensor and batches are
 gathered with a seeded permutation instead of a DataLoader over float64 rows: the same math and
-sampling scheme, without per-row collation.
+sampling scheme, without per-row collation. The optimiser is :class:`AdamOneCycle`, which applies
+the updates of ``torch.optim.Adam`` under ``OneCycleLR`` to one flat parameter vector, with the
+L2-SP gradient ``2 beta (theta - theta_init)`` added to it directly instead of through autograd
+(tested against the torch pair in ``tests/ue/test_head_training.py``).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,8 +48,70 @@ def score_rows(module: nn.Module, score_fn: ScoreFn, hidden: torch.Tensor, chunk
     return out
 
 
-def _l2sp(params: list[torch.Tensor], init: list[torch.Tensor]) -> torch.Tensor:
-    return sum(((p - p0) ** 2).sum() for p, p0 in zip(params, init, strict=True))
+class AdamOneCycle:
+    """Adam without weight decay under a one-cycle schedule, on parameters viewed as one flat vector.
+
+    Applies exactly the updates of ``torch.optim.Adam(params, lr)`` stepped with
+    ``torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps, pct_start, anneal_strategy="cos",
+    div_factor, final_div_factor)`` (its defaults cycle Adam's beta1 between 0.95 and 0.85), in a few
+    vectorised operations per step. Constructing ``torch.optim`` objects imports ``torch._dynamo``
+    (1.5-2 s in every fresh Ray worker); this class needs none of it.
+
+    The parameters become views into :attr:`flat`; :meth:`step` takes their gradient as one vector.
+    """
+
+    betas = (0.95, 0.85)  # beta1 at the ends and at the peak of the cycle (OneCycleLR's momentum bounds)
+    beta2, eps = 0.999, 1e-8
+
+    def __init__(
+        self, params: list[torch.Tensor], *, lr: float, total_steps: int, pct_start: float = 0.1,
+        div_factor: float = 25.0, final_div_factor: float = 1e4,
+    ) -> None:
+        self.params = params
+        self.flat = torch.cat([p.detach().reshape(-1) for p in params])
+        offset = 0
+        for p in params:
+            p.data = self.flat[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+        self.exp_avg = torch.zeros_like(self.flat)
+        self.exp_avg_sq = torch.zeros_like(self.flat)
+        self.steps_done = 0
+        start = lr / div_factor
+        self._phases = (  # (last step of the phase, lr from, lr to, beta1 from, beta1 to)
+            (float(pct_start * total_steps) - 1, start, lr, *self.betas),
+            (float(total_steps - 1), lr, start / final_div_factor, *self.betas[::-1]),
+        )
+        self.total_steps = total_steps
+
+    def gradient(self) -> torch.Tensor:
+        """The parameters' ``.grad`` as one vector (zeros where a parameter got none)."""
+        return torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in self.params])
+
+    def schedule(self, step: int) -> tuple[float, float]:
+        """(lr, beta1) of the update after ``step`` earlier updates."""
+        if step > self.total_steps:
+            raise ValueError(f"step {step} past the schedule's {self.total_steps} steps")
+        begin = 0.0
+        for i, (end, lr0, lr1, b0, b1) in enumerate(self._phases):
+            if step <= end or i == len(self._phases) - 1:
+                pct = (step - begin) / (end - begin)
+                return _cos_anneal(lr0, lr1, pct), _cos_anneal(b0, b1, pct)
+            begin = end
+        raise AssertionError("unreachable")
+
+    def step(self, grad: torch.Tensor) -> None:
+        """One Adam update of :attr:`flat` with the gradient vector ``grad``."""
+        lr, beta1 = self.schedule(self.steps_done)
+        self.steps_done += 1
+        t = self.steps_done
+        self.exp_avg.lerp_(grad, 1 - beta1)
+        self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+        denom = (self.exp_avg_sq.sqrt() / (1 - self.beta2**t) ** 0.5).add_(self.eps)
+        self.flat.addcdiv_(self.exp_avg, denom, value=-lr / (1 - beta1**t))
+
+
+def _cos_anneal(start: float, end: float, pct: float) -> float:
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
 
 
 def train_error_head(
@@ -77,17 +141,13 @@ def train_error_head(
     e = torch.as_tensor(errors, dtype=torch.float32)
     a = torch.as_tensor(anchor, dtype=torch.float32)
     vh = None if val_hidden is None else torch.as_tensor(np.ascontiguousarray(val_hidden), dtype=torch.float32)
-    params = [p for p in module.parameters() if p.requires_grad]
-    init = [p.detach().clone() for p in params]
-    result = FitResult(state=copy.deepcopy(module.state_dict()), best_epoch=0)
+    result = FitResult(state=_snapshot(module), best_epoch=0)
     if epochs == 0:
         return result
     steps = math.ceil(len(h) / batch_size)
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.1, anneal_strategy="cos",
-        div_factor=25.0, final_div_factor=1e4,
-    )
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = AdamOneCycle(params, lr=lr, total_steps=epochs * steps)
+    init = opt.flat.clone()
     gen = torch.Generator().manual_seed(seed)
     best_auc = -math.inf
     with torch.random.fork_rng(devices=[]):
@@ -95,29 +155,39 @@ def train_error_head(
         for epoch in range(1, epochs + 1):
             module.train()
             perm = torch.randperm(len(h), generator=gen)
-            total = 0.0
+            total = torch.zeros((), dtype=torch.float64)
             for i in range(steps):
                 idx = perm[i * batch_size : (i + 1) * batch_size]
-                u = score_fn(module(h[idx]))
-                loss = nn.functional.binary_cross_entropy(u, e[idx])
+                u = score_fn(module(torch.index_select(h, 0, idx)))
+                eb = torch.index_select(e, 0, idx)
+                loss = nn.functional.binary_cross_entropy(u, eb)
                 if alpha:
-                    loss = loss + alpha * ((u - a[idx]) ** 2).mean()
-                if beta:
-                    loss = loss + beta * _l2sp(params, init)
-                opt.zero_grad(set_to_none=True)
+                    loss = loss + alpha * ((u - torch.index_select(a, 0, idx)) ** 2).mean()
+                for p in params:
+                    p.grad = None
                 loss.backward()
-                opt.step()
-                sched.step()
-                total += float(loss.detach()) * len(idx)
-            metrics = {"epoch": epoch, "train_loss": total / len(h)}
+                grad = opt.gradient()
+                if beta:  # L2-SP: beta * ||theta - theta_init||^2, its gradient added by hand
+                    drift = opt.flat - init
+                    grad.add_(drift, alpha=2.0 * beta)
+                    loss = loss.detach() + beta * torch.dot(drift, drift)
+                opt.step(grad)
+                total += loss.detach() * len(idx)
+            metrics = {"epoch": epoch, "train_loss": float(total) / len(h)}
             if vh is not None:
                 metrics["val_roc_auc"] = roc_auc(score_rows(module, score_fn, vh).numpy(), val_errors)
                 if math.isfinite(metrics["val_roc_auc"]) and metrics["val_roc_auc"] > best_auc:
                     best_auc = metrics["val_roc_auc"]
-                    result.state, result.best_epoch = copy.deepcopy(module.state_dict()), epoch
+                    result.state, result.best_epoch = _snapshot(module), epoch
             result.history.append(metrics)
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
     if result.best_epoch == 0:
-        result.state, result.best_epoch = copy.deepcopy(module.state_dict()), epochs
+        result.state, result.best_epoch = _snapshot(module), epochs
+    for p in params:  # own storage again, not views into the optimiser's vector
+        p.data = p.data.clone()
     return result
+
+
+def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}

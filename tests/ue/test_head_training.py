@@ -1,0 +1,96 @@
+"""The trained heads' fitting loop equals the authors' recipe written with torch.optim and autograd:
+Adam + OneCycleLR stepped per batch, L2-SP through autograd (arXiv 2505.15443)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ue.heads._math import normalised_entropy
+from ue.heads._training import AdamOneCycle, train_error_head
+from ue.heads.modules import Classifier, ClassifierSpec
+
+
+@pytest.mark.parametrize(("total", "pct"), [(50, 0.1), (7, 0.3), (400, 0.1)])
+def test_adam_one_cycle_matches_torch_adam_under_one_cycle_lr(total, pct):
+    torch.manual_seed(0)
+    shapes = [(3, 5), (5,), (2, 3)]
+    ours_params = [torch.randn(s) for s in shapes]
+    ref_params = [nn.Parameter(p.clone()) for p in ours_params]
+    opt = torch.optim.Adam(ref_params, lr=3e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=total, pct_start=pct,
+                                                anneal_strategy="cos", div_factor=25.0, final_div_factor=1e4)
+    ours = AdamOneCycle(ours_params, lr=3e-3, total_steps=total, pct_start=pct)
+    for step in range(total):
+        lr, beta1 = ours.schedule(step)
+        assert lr == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12)
+        assert beta1 == pytest.approx(opt.param_groups[0]["betas"][0], rel=1e-12)
+        grads = [torch.randn(s) for s in shapes]
+        for p, g in zip(ref_params, grads, strict=True):
+            p.grad = g.clone()
+        opt.step()
+        sched.step()
+        ours.step(torch.cat([g.reshape(-1) for g in grads]))
+    for mine, ref in zip(ours_params, ref_params, strict=True):
+        torch.testing.assert_close(mine, ref.detach(), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="past the schedule"):
+        ours.schedule(total + 1)
+
+
+def _reference_fit(module, hidden, errors, anchor, *, alpha, beta, lr, epochs, batch_size, seed):
+    """The loop as the authors wrote it: torch.optim.Adam + OneCycleLR, L2-SP through autograd."""
+    h, e, a = (torch.as_tensor(x, dtype=torch.float32) for x in (hidden, errors, anchor))
+    params = [p for p in module.parameters() if p.requires_grad]
+    init = [p.detach().clone() for p in params]
+    steps = math.ceil(len(h) / batch_size)
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.1,
+                                                anneal_strategy="cos", div_factor=25.0, final_div_factor=1e4)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(epochs):
+            module.train()
+            perm = torch.randperm(len(h), generator=gen)
+            total = 0.0
+            for i in range(steps):
+                idx = perm[i * batch_size : (i + 1) * batch_size]
+                u = normalised_entropy(module(h[idx]))
+                loss = nn.functional.binary_cross_entropy(u, e[idx]) + alpha * ((u - a[idx]) ** 2).mean()
+                loss = loss + beta * sum(((p - p0) ** 2).sum() for p, p0 in zip(params, init, strict=True))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(idx)
+            losses.append(total / len(h))
+    return module.state_dict(), losses
+
+
+@pytest.mark.parametrize("kind", ["linear", "bert_pooler"])
+def test_train_error_head_follows_the_reference_loop_step_for_step(kind):
+    torch.manual_seed(1)
+    clf = Classifier(ClassifierSpec(kind, 16, 3, dropout=0.1))
+    rng = np.random.default_rng(2)
+    hidden = rng.normal(size=(300, 16)).astype(np.float32)
+    errors = (rng.random(300) < 0.3).astype(np.float32)
+    anchor = rng.random(300).astype(np.float32)
+    kwargs = {"alpha": 0.1, "beta": 0.5, "lr": 1e-2, "epochs": 3, "batch_size": 32, "seed": 5}
+
+    reference = Classifier(clf.spec)
+    reference.load_state_dict(clf.state_dict())
+    ref_state, ref_losses = _reference_fit(reference, hidden, errors, anchor, **kwargs)
+    result = train_error_head(clf, score_fn=normalised_entropy, hidden=hidden, errors=errors, anchor=anchor,
+                              val_hidden=None, val_errors=None, **kwargs)
+
+    assert result.best_epoch == 3  # no validation data: the last epoch
+    assert [h["train_loss"] for h in result.history] == pytest.approx(ref_losses, rel=1e-5)
+    for name, value in ref_state.items():
+        torch.testing.assert_close(result.state[name], value, rtol=0, atol=2e-6)
+        torch.testing.assert_close(clf.state_dict()[name], value, rtol=0, atol=2e-6)
+        assert clf.state_dict()[name].untyped_storage().nbytes() == value.numel() * 4  # not a view any more
