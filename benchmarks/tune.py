@@ -8,18 +8,18 @@ What is measured, in one run on this machine's CPU:
   "model" whose labels disagree with its prediction on ~15% of rows, more often where it is unsure).
 - **Baseline**: the same 27 ``Alien(...).fit(train, val)`` calls one after another in this process,
   torch with its default threads (2 here; ``--baseline-threads 1`` for one). Measured in the same
-  run, first (or second with ``--tune-first``).
+  run, ``--repeats`` times (default 3), the order alternating: baseline then Tune, Tune then baseline...
 - **Ours**: ``tuning.run_search`` over ``tuning.head_trainable`` on a local Ray with 2 CPUs, one CPU
   and one torch thread per trial, 2 trials at once, actors reused; the features go into the object
   store once. Timed from building the trainable (which puts the features) to the returned table;
   starting Ray itself is reported separately.
 
-Reported: both wall times, the speed-up (target >= 1.7x), the mean fit time inside a trial, and two
-overheads: slot time outside trials = (2 slots x Tune wall - sum of the trials' own run times) / 27,
-which includes the idle slot while the 27th trial runs alone; and the per-trial overhead = 2 x (Tune
-wall - the makespan of the trials' own run times packed onto 2 slots in trial order) / 27: what Tune
-adds per trial (scheduling, actor reuse, result handling, object-store reads). A check compares the
-best validation ROC-AUC per configuration between the two.
+Reported per repeat and as medians: both wall times, the speed-up (target >= 1.7x), the mean fit
+time inside a trial, and two overheads: slot time outside trials = (2 slots x Tune wall - sum of the
+trials' own run times) / 27, which includes the idle slot while the 27th trial runs alone; and the
+per-trial overhead = 2 x (Tune wall - the makespan of the trials' own run times packed onto 2 slots
+in trial order) / 27: what Tune adds per trial (actor start and imports, scheduling, result
+handling, object-store reads). A check compares the best validation ROC-AUC per configuration between the two.
 
 Usage::
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import tempfile
 import time
 from typing import Any
@@ -117,11 +118,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=20, help="epochs per fit (default 20)")
     p.add_argument("--baseline-threads", type=int, default=None,
                    help="torch threads of the sequential baseline (default: torch's, one per core)")
-    p.add_argument("--tune-first", action="store_true", help="run the Tune part before the baseline")
+    p.add_argument("--repeats", type=int, default=3, help="measurements, the order alternating (default 3)")
+    p.add_argument("--tune-first", action="store_true", help="start with the Tune part instead of the baseline")
     p.add_argument("--quick", action="store_true", help="smoke run: n=5000, val=1000, 2 epochs")
     args = p.parse_args(argv)
     if args.quick:
-        args.n, args.val, args.epochs = 5000, 1000, 2
+        args.n, args.val, args.epochs, args.repeats = 5000, 1000, 2, 1
     return args
 
 
@@ -137,32 +139,53 @@ def main(argv: list[str] | None = None) -> None:
           f"{len(configs)} configs x {args.epochs} epochs on n={args.n} (+{args.val} val), d={args.d}, "
           f"C={args.classes}, train error rate {err:.3f}", flush=True)
 
-    # Under a drifting background load, the order matters: run both orders and compare.
-    for part in (("tune", "baseline") if args.tune_first else ("baseline", "tune")):
-        if part == "baseline":
-            seq_s, seq_auc = sequential(features, configs)
-            print(f"baseline, one process, one fit after another: {seq_s:8.1f} s  "
-                  f"({seq_s / len(configs):.2f} s per fit)", flush=True)
-        else:
-            with tempfile.TemporaryDirectory(prefix="bench-tune-") as storage:
-                ray_s, tune_s, trials = through_tune(features, args.epochs, storage)
-            print(f"(Tune part done at load average {_load()})", flush=True)
+    # Repeats alternate the order (baseline first, then Tune first, ...): a background load that
+    # drifts during a run then favours neither side. Each ratio uses the baseline of its own repeat.
+    runs = []
+    for repeat in range(args.repeats):
+        order = ("baseline", "tune") if (repeat % 2 == 0) != args.tune_first else ("tune", "baseline")
+        for part in order:
+            if part == "baseline":
+                seq_s, seq_auc = sequential(features, configs)
+                print(f"[{repeat + 1}] baseline, one process, one fit after another: {seq_s:8.1f} s  "
+                      f"({seq_s / len(configs):.2f} s per fit)", flush=True)
+            else:
+                with tempfile.TemporaryDirectory(prefix="bench-tune-") as storage:
+                    ray_s, tune_s, trials = through_tune(features, args.epochs, storage)
+                print(f"[{repeat + 1}] Ray Tune, {CPUS} CPUs, 1 thread per trial:    {tune_s:8.1f} s  "
+                      f"(+ {ray_s:.1f} s to start Ray; load average {_load()})", flush=True)
+        runs.append(_summarise(seq_s, seq_auc, tune_s, trials, len(configs)))
+        print(f"[{repeat + 1}] " + _describe(runs[-1]), flush=True)
 
-    in_trial = float(trials["time_s"].sum())
-    outside = (CPUS * tune_s - in_trial) / len(trials)
-    overhead = CPUS * (tune_s - _makespan(trials["time_s"].tolist(), CPUS)) / len(trials)
-    tune_auc = {_key(row): row["val_roc_auc"] for row in trials.to_dict("records")}
-    diff = max(abs(tune_auc[k] - seq_auc[k]) for k in seq_auc)
-    same_best = max(seq_auc, key=seq_auc.get) == max(tune_auc, key=tune_auc.get)
-    print(f"Ray Tune, {CPUS} CPUs, 1 thread per trial:    {tune_s:8.1f} s  (+ {ray_s:.1f} s to start Ray)")
-    print(f"\nspeed-up (baseline / Tune):        {seq_s / tune_s:6.2f}x   (target >= 1.7x)")
-    print(f"trials: {len(trials)}, mean run time inside a trial {in_trial / len(trials):.2f} s "
-          f"(baseline fit {seq_s / len(configs):.2f} s with {torch.get_num_threads()} threads)")
-    print(f"slot time outside trials: {outside:.2f} s per trial "
-          f"({100 * outside * len(trials) / (CPUS * tune_s):.1f}% of the slot time, incl. the idle tail)")
-    print(f"per-trial overhead (Tune wall vs the trials packed onto {CPUS} slots): {overhead:.2f} s per trial")
-    print(f"check: max |val AUC Tune - baseline| per config = {diff:.4f}; same best config: {same_best}")
+    ratios = [r["speedup"] for r in runs]
+    print(f"\nspeed-up (baseline / Tune), median of {len(runs)}: {statistics.median(ratios):.2f}x   "
+          f"(runs: {', '.join(f'{x:.2f}x' for x in ratios)}; target >= 1.7x)")
+    for key, label in (("seq_s", "baseline wall"), ("tune_s", "Tune wall"), ("fit_s", "baseline s per fit"),
+                       ("in_trial_s", "run time inside a trial"), ("outside_s", "slot time outside trials, per trial"),
+                       ("overhead_s", "per-trial overhead")):
+        print(f"  {label + ':':40s} median {statistics.median(r[key] for r in runs):7.2f} s")
+    print(f"check: max |val AUC Tune - baseline| over configs and runs = {max(r['auc_diff'] for r in runs):.4f}; "
+          f"same best config in every run: {all(r['same_best'] for r in runs)}")
     print(f"load average at the end {_load()}")
+
+
+def _summarise(seq_s: float, seq_auc: dict[tuple, float], tune_s: float, trials: Any, n: int) -> dict[str, Any]:
+    """One repeat's figures: wall times, speed-up, the two overheads and the AUC check."""
+    in_trial = float(trials["time_s"].sum())
+    tune_auc = {_key(row): row["val_roc_auc"] for row in trials.to_dict("records")}
+    return {
+        "seq_s": seq_s, "tune_s": tune_s, "speedup": seq_s / tune_s, "fit_s": seq_s / n, "in_trial_s": in_trial / n,
+        "outside_s": (CPUS * tune_s - in_trial) / len(trials),
+        "overhead_s": CPUS * (tune_s - _makespan(trials["time_s"].tolist(), CPUS)) / len(trials),
+        "auc_diff": max(abs(tune_auc[k] - seq_auc[k]) for k in seq_auc),
+        "same_best": max(seq_auc, key=seq_auc.get) == max(tune_auc, key=tune_auc.get),
+    }
+
+
+def _describe(run: dict[str, Any]) -> str:
+    return (f"speed-up {run['speedup']:.2f}x; inside a trial {run['in_trial_s']:.2f} s vs baseline fit "
+            f"{run['fit_s']:.2f} s; slot time outside trials {run['outside_s']:.2f} s/trial; per-trial overhead "
+            f"{run['overhead_s']:.2f} s; max |val AUC diff| {run['auc_diff']:.4f}, same best: {run['same_best']}")
 
 
 def _makespan(durations: list[float], slots: int) -> float:
