@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -41,12 +42,33 @@ def _search(features: dict[str, FeatureSet], tmp: Path, space: SearchSpace, **kw
     )
 
 
+class _BufferProbe(tune.Callback):
+    """What the driver's environment says about result buffering while the trials report."""
+
+    def __init__(self) -> None:
+        self.seen: set[str | None] = set()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.seen.add(os.environ.get("TUNE_RESULT_BUFFER_LENGTH"))
+
+
 def test_grid_search_picks_the_regularisation_known_to_be_best(features, tmp_path):
     space = _space(beta={"grid": [0.0, 0.1, 10.0]})
-    trials = _search(features, tmp_path, space, seeds=[0, 1])
+    probe = _BufferProbe()
+    trials = _search(features, tmp_path, space, seeds=[0, 1], callbacks=[probe])
 
     assert len(trials) == 6 and set(trials["seed"]) == {0, 1}
     assert (trials["iterations"] == 3).all() and not trials["early_stopped"].any()  # one report per epoch
+    # FIFO buffers the reports, yet every epoch's report reaches the trial's result.json (and only that
+    # logger writes); the setting is Tune's for the search only.
+    assert probe.seen == {"1000"} and "TUNE_RESULT_BUFFER_LENGTH" not in os.environ
+    trial_dirs = [d for d in (tmp_path / "experiment").iterdir() if d.is_dir()]
+    assert len(trial_dirs) == 6
+    for trial_dir in trial_dirs:
+        reports = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        assert [r["training_iteration"] for r in reports] == [1, 2, 3]
+        assert all("val_roc_auc" in r for r in reports)
+        assert not list(trial_dir.glob("progress.csv")) and not list(trial_dir.glob("events.out.tfevents*"))
     assert {"val_roc_auc", "val_aurc", "val_prr", "best_epoch", "train_loss"} <= set(trials.columns)
     summary = summarise(trials, by=["beta"], metric="val_roc_auc", mode="max")
     assert best_config(summary, ["beta"]) == {"beta": 10.0}
@@ -72,8 +94,10 @@ def test_trials_never_reread_the_feature_files_and_another_search_starts_over(tm
 
 def test_asha_stops_bad_trials_early_and_keeps_the_best(features, tmp_path):
     space = _space(beta={"grid": [10.0, 0.0, 0.0001, 0.001]}, epochs={"grid": [6]})
+    probe = _BufferProbe()
     trials = _search(features, tmp_path, space, scheduler="asha", max_t=6, grace_period=1, reduction_factor=2,
-                     max_concurrent_trials=1)
+                     max_concurrent_trials=1, callbacks=[probe])
+    assert probe.seen == {None}  # ASHA decides on every report as it comes: unbuffered
     assert trials["early_stopped"].any()
     assert (trials.loc[trials["early_stopped"], "iterations"] < 6).all()
     summary = summarise(trials, by=["beta"], metric="val_roc_auc", mode="max")
