@@ -24,6 +24,7 @@ import hashlib
 import inspect
 import logging
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -66,17 +67,18 @@ def fit_heads(cfg: Config, layout: RunLayout) -> dict[str, Any]:
     try:
         # 2. One Ray Data read; each head then gets the rows of its views with only its own columns.
         blocks = _FeatureBlocks(layout, needs, cfg)
-        inputs = {key: _inputs(cfg, head, views, blocks) for key, head in heads.items()}
-        truth = {split: ray.get(blocks.cut(views[split], (*METRIC_COLUMNS, *cfg.score_columns)))
-                 for split in cfg.eval_splits}
 
-        # 3. One task per head, longest first.
+        # 3. One task per head, longest first: its inputs are submitted with it, so the cuts of the
+        #    short heads queue behind the long fits instead of delaying them.
         task = ray.remote(_fit_and_score)
         pending = {
             key: task.options(num_cpus=cfg.cpus_per_head, name=f"fit_head:{key}").remote(
-                heads[key], inputs[key], head_dir=str(layout.head_dir(key)), threads=cfg.cpus_per_head)
+                heads[key], _inputs(cfg, heads[key], views, blocks), head_dir=str(layout.head_dir(key)),
+                threads=cfg.cpus_per_head)
             for key in sorted(heads, key=lambda k: _expected_cost(heads[k]), reverse=True)
         }
+        truth = {split: ray.get(blocks.cut(views[split], (*METRIC_COLUMNS, *cfg.score_columns)))
+                 for split in cfg.eval_splits}
         results = {key: ray.get(ref) for key, ref in pending.items()}
     finally:
         if started:
@@ -153,8 +155,11 @@ def _expected_cost(head: Any) -> tuple[int, int]:
 class _FeatureBlocks:
     """Ray Data reads every needed split once (the union of the needed columns) into the object store;
     then one small task per (view, column set) cuts out that view's rows and only those columns, so
-    a head pulls nothing it did not declare. Blocks keep file order, so rows come in the same order
-    in every cut and every run (ALIEN/AdUE shuffle by row index with a fixed seed)."""
+    a head pulls nothing it did not declare. A head that declares every column read cuts its rows
+    itself from the blocks (:class:`_Uncut`): the longest fits start as soon as the read is done,
+    without a copy of their inputs through the object store first. Blocks keep file order, so rows
+    come in the same order in every cut and every run (ALIEN/AdUE shuffle by row index with a fixed
+    seed)."""
 
     def __init__(self, layout: RunLayout, needs: dict[View, dict[str, str]], cfg: Config) -> None:
         splits = sorted({split for split, _ in needs})
@@ -167,6 +172,7 @@ class _FeatureBlocks:
             self._blocks = ds.materialize().to_arrow_refs()
         finally:
             options.preserve_order = keep
+        self._columns = frozenset(columns)
         self._fraction, self._seed = cfg.calibration_fraction, cfg.calibration_seed
         self._cuts: dict[tuple[View, tuple[str, ...]], Any] = {}
 
@@ -177,6 +183,30 @@ class _FeatureBlocks:
             self._cuts[key] = ray.remote(_cut).remote(
                 view, list(key[1]), self._fraction, self._seed, *self._blocks)
         return self._cuts[key]
+
+    def for_head(self, view: View, columns: tuple[str, ...]) -> Any:
+        """What a head's task resolves (:func:`_resolve`) to the rows of ``view`` with ``columns``."""
+        if self._columns == set(columns):
+            return _Uncut(view, list(dict.fromkeys(columns)), self._fraction, self._seed, self._blocks)
+        return self.cut(view, columns)
+
+
+@dataclass(frozen=True)
+class _Uncut:
+    """The read blocks and which rows and columns of them a head wants, cut in the head's task."""
+
+    view: View
+    columns: list[str]
+    fraction: float
+    seed: int
+    blocks: list[Any]
+
+
+def _resolve(source: Any) -> pa.Table:
+    """The table behind an input of :func:`_fit_and_score`: a cut's ref or an :class:`_Uncut`."""
+    if isinstance(source, _Uncut):
+        return _cut(source.view, source.columns, source.fraction, source.seed, *ray.get(source.blocks))
+    return ray.get(source)
 
 
 def _cut(view: View, columns: list[str], fraction: float, seed: int, *blocks: pa.Table) -> pa.Table:
@@ -204,9 +234,9 @@ def _inputs(cfg: Config, head: Any, views: dict[str, View], blocks: _FeatureBloc
     """Refs to tables of the columns ``head`` declares: fit and val (selection) data, eval splits."""
     fit_cols = head.fit_requires
     return {
-        "fit": blocks.cut(views["fit"], fit_cols) if fit_cols else None,
-        "val": blocks.cut(views["val"], fit_cols) if fit_cols else None,
-        "eval": {split: blocks.cut(views[split], head.requires) for split in cfg.eval_splits},
+        "fit": blocks.for_head(views["fit"], fit_cols) if fit_cols else None,
+        "val": blocks.for_head(views["val"], fit_cols) if fit_cols else None,
+        "eval": {split: blocks.for_head(views[split], head.requires) for split in cfg.eval_splits},
     }
 
 
@@ -217,11 +247,11 @@ def _fit_and_score(head: Any, inputs: dict[str, Any], *, head_dir: str, threads:
     if inputs["fit"] is None:
         head.fit(pa.table({}))  # post-hoc heads learn nothing
     else:
-        head.fit(ray.get(inputs["fit"]), val=ray.get(inputs["val"]))
+        head.fit(_resolve(inputs["fit"]), val=_resolve(inputs["val"]))
     seconds = time.perf_counter() - started
     head.save(head_dir)
     return {"fit_seconds": round(seconds, 3),
-            "scores": {split: head.uncertainty(ray.get(ref)) for split, ref in inputs["eval"].items()}}
+            "scores": {split: head.uncertainty(_resolve(source)) for split, source in inputs["eval"].items()}}
 
 
 # -- evaluation --------------------------------------------------------------------------------------

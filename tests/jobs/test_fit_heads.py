@@ -19,7 +19,7 @@ from ue.config import ConfigError, load_config
 from ue.evaluation import evaluate_scores
 from ue.feature_cache import feature_table, part_path, write_part
 from ue.features import MissingColumnError, column
-from ue.heads import HEADS, Mahalanobis, load_head, save_classifier
+from ue.heads import HEADS, Mahalanobis, load_classifier, load_head, save_classifier
 from ue.heads.modules import Classifier, ClassifierSpec
 from ue.registry import UnknownNameError
 
@@ -99,6 +99,19 @@ def test_test_rows_never_reach_fitting_or_selection(local_ray, tmp_path):
         a, b = (layout.head_dir(name) / "head.safetensors" for layout in (first, second))
         assert a.read_bytes() == b.read_bytes(), name
         assert json.loads(a.with_name("head.json").read_text()) == json.loads(b.with_name("head.json").read_text())
+
+
+def test_heads_cutting_their_own_rows_and_heads_given_cuts_fit_as_in_one_process(local_ray, tmp_path):
+    """ALIEN declares every column read, so its task cuts the train and val rows from the read blocks
+    itself; temperature is handed cuts made by separate tasks. Both must see the rows in file order."""
+    layout = write_features(tmp_path)
+    fit_heads.run(config(tmp_path, ["alien", "temperature"]))
+    train, val, test = (split_table(layout, s) for s in ("train", "val", "test"))
+    classifier = load_classifier(layout.features_dir)
+    for name, params in (("alien", {"classifier": classifier, **QUICK["alien"]}), ("temperature", {})):
+        expected = HEADS.get(name)(**params).fit(train, val=val).uncertainty(test)
+        np.testing.assert_allclose(load_head(layout.head_dir(name)).uncertainty(test), expected, rtol=1e-5,
+                                   atol=1e-7, err_msg=name)
 
 
 def test_a_calibration_split_fits_on_a_share_of_val_and_reports_the_rest(local_ray, tmp_path):
