@@ -231,7 +231,8 @@ def _unit_hash(text: str) -> float:
 
 # -- fitting -----------------------------------------------------------------------------------------
 def _inputs(cfg: Config, head: Any, views: dict[str, View], blocks: _FeatureBlocks) -> dict[str, Any]:
-    """Refs to tables of the columns ``head`` declares: fit and val (selection) data, eval splits."""
+    """What ``head``'s task resolves to tables of the columns it declares (:meth:`_FeatureBlocks.for_head`):
+    fit and val (selection) data, eval splits."""
     fit_cols = head.fit_requires
     return {
         "fit": blocks.for_head(views["fit"], fit_cols) if fit_cols else None,

@@ -41,6 +41,17 @@ def test_adam_one_cycle_matches_torch_adam_under_one_cycle_lr(total, pct):
         ours.schedule(total + 1)
 
 
+def test_a_warm_up_that_ends_at_the_first_step_starts_at_the_peak():
+    """OneCycleLR raises ZeroDivisionError for 10 steps at pct_start 0.1 (an epoch of 1,280 rows)."""
+    ours = AdamOneCycle([torch.zeros(3)], lr=1e-2, total_steps=10, pct_start=0.1)
+    assert ours.schedule(0) == pytest.approx((1e-2, 0.85))
+    lrs = [ours.schedule(step)[0] for step in range(10)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
+    assert ours.schedule(9) == pytest.approx((1e-2 / 25 / 1e4, 0.95))
+    ours.step(torch.ones(3))
+    assert torch.all(ours.flat < 0)
+
+
 def _reference_fit(module, hidden, errors, anchor, *, alpha, beta, lr, epochs, batch_size, seed):
     """The loop as the authors wrote it: torch.optim.Adam + OneCycleLR, L2-SP through autograd."""
     h, e, a = (torch.as_tensor(x, dtype=torch.float32) for x in (hidden, errors, anchor))

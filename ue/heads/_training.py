@@ -76,28 +76,30 @@ class AdamOneCycle:
         self.exp_avg = torch.zeros_like(self.flat)
         self.exp_avg_sq = torch.zeros_like(self.flat)
         self.steps_done = 0
-        start = lr / div_factor
-        self._phases = (  # (last step of the phase, lr from, lr to, beta1 from, beta1 to)
-            (float(pct_start * total_steps) - 1, start, lr, *self.betas),
-            (float(total_steps - 1), lr, start / final_div_factor, *self.betas[::-1]),
-        )
-        self.total_steps = total_steps
+        self.lr, self.total_steps = lr, total_steps
+        self.start_lr = lr / div_factor
+        self.final_lr = self.start_lr / final_div_factor
+        self.peak = float(pct_start * total_steps) - 1  # the warm-up's last step, as OneCycleLR places it
 
     def gradient(self) -> torch.Tensor:
         """The parameters' ``.grad`` as one vector (zeros where a parameter got none)."""
         return torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in self.params])
 
     def schedule(self, step: int) -> tuple[float, float]:
-        """(lr, beta1) of the update after ``step`` earlier updates."""
+        """(lr, beta1) of the update after ``step`` earlier updates.
+
+        Warm-up from ``lr / div_factor`` to ``lr`` over steps 0..peak, then annealing to the final lr
+        by step ``total_steps - 1``. OneCycleLR divides by zero when the warm-up ends at step 0
+        (e.g. 10 steps with ``pct_start = 0.1``); here that step is the peak.
+        """
         if step > self.total_steps:
             raise ValueError(f"step {step} past the schedule's {self.total_steps} steps")
-        begin = 0.0
-        for i, (end, lr0, lr1, b0, b1) in enumerate(self._phases):
-            if step <= end or i == len(self._phases) - 1:
-                pct = (step - begin) / (end - begin)
-                return _cos_anneal(lr0, lr1, pct), _cos_anneal(b0, b1, pct)
-            begin = end
-        raise AssertionError("unreachable")
+        high, low = self.betas
+        if step <= self.peak:
+            pct = step / self.peak if self.peak > 0 else 1.0
+            return _cos_anneal(self.start_lr, self.lr, pct), _cos_anneal(high, low, pct)
+        pct = (step - self.peak) / (self.total_steps - 1 - self.peak)
+        return _cos_anneal(self.lr, self.final_lr, pct), _cos_anneal(low, high, pct)
 
     def step(self, grad: torch.Tensor) -> None:
         """One Adam update of :attr:`flat` with the gradient vector ``grad``."""
@@ -106,7 +108,7 @@ class AdamOneCycle:
         t = self.steps_done
         self.exp_avg.lerp_(grad, 1 - beta1)
         self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
-        denom = (self.exp_avg_sq.sqrt() / (1 - self.beta2**t) ** 0.5).add_(self.eps)
+        denom = self.exp_avg_sq.sqrt().div_((1 - self.beta2**t) ** 0.5).add_(self.eps)
         self.flat.addcdiv_(self.exp_avg, denom, value=-lr / (1 - beta1**t))
 
 
