@@ -56,8 +56,8 @@ class AdamOneCycle:
 
     Applies exactly the updates of ``torch.optim.Adam(params, lr)`` stepped with
     ``torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps, pct_start, anneal_strategy="cos",
-    div_factor, final_div_factor)`` (its defaults cycle Adam's beta1 between 0.95 and 0.85), in a few
-    vectorised operations per step. Constructing ``torch.optim`` objects imports ``torch._dynamo``
+    div_factor, final_div_factor)`` (its defaults cycle Adam's beta1 between 0.95 and 0.85), in one
+    fused kernel per step. Constructing ``torch.optim`` objects imports ``torch._dynamo``
     (1.5-2 s in every fresh Ray worker); this class needs none of it.
 
     The parameters become views into :attr:`flat` and their ``.grad`` views into :attr:`grad`, so
