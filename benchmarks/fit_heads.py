@@ -120,7 +120,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="20,000 train rows, one repeat")
     parser.add_argument("--baseline-threads", type=int, nargs="+", default=[os.cpu_count() or 1, 1],
-                        help="torch threads of the one-process baseline, one measurement each")
+                        help="torch threads of the one-process baseline, one measurement each "
+                        "(a 1-thread run is added for the bound if 1 is not listed)")
     args = parser.parse_args()
     rows, repeats = (20_000, 1) if args.quick else (args.rows, args.repeats)
 

@@ -86,7 +86,7 @@ def _reference_fit(module, hidden, errors, anchor, *, alpha, beta, lr, epochs, b
     return module.state_dict(), losses
 
 
-@pytest.mark.parametrize("kind", ["linear", "bert_pooler"])
+@pytest.mark.parametrize("kind", ["linear", "two_layer", "bert_pooler"])
 def test_train_error_head_follows_the_reference_loop_step_for_step(kind):
     torch.manual_seed(1)
     clf = Classifier(ClassifierSpec(kind, 16, 3, dropout=0.1))
