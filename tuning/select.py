@@ -36,9 +36,12 @@ def summarise(
 
 
 def best_config(summary: pd.DataFrame, by: Sequence[str]) -> dict[str, Any]:
-    """The winning configuration of :func:`summarise`'s table as plain Python values."""
-    row = summary.iloc[0]
-    return {k: _plain(row[k]) for k in by}
+    """The winning configuration of :func:`summarise`'s table as plain Python values.
+
+    Read column by column: a row of mixed int and float columns (``epochs`` next to ``lr``) would
+    come back as floats, and ``range(epochs)`` then fails.
+    """
+    return {k: _plain(summary[k].iloc[0]) for k in by}
 
 
 def _plain(value: Any) -> Any:

@@ -43,3 +43,10 @@ def test_nothing_searched_summarises_all_trials_as_one():
 def test_missing_columns_are_named():
     with pytest.raises(KeyError, match="alpha"):
         summarise(_trials(), by=["alpha"], metric="val_roc_auc", mode="max")
+
+
+def test_best_config_keeps_integer_columns_integers():
+    """A row of mixed int and float columns reads back as floats; range(epochs) would then fail."""
+    trials = pd.DataFrame({"epochs": [5, 10], "lr": [1e-3, 1e-4], "val_roc_auc": [0.6, 0.7]})
+    best = best_config(summarise(trials, by=["epochs", "lr"], metric="val_roc_auc", mode="max"), ["epochs", "lr"])
+    assert best == {"epochs": 10, "lr": 1e-4} and type(best["epochs"]) is int

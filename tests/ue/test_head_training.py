@@ -98,13 +98,30 @@ def test_train_error_head_follows_the_reference_loop_step_for_step(kind):
 
     reference = Classifier(clf.spec)
     reference.load_state_dict(clf.state_dict())
+    init = {k: v.clone() for k, v in clf.state_dict().items()}
     ref_state, ref_losses = _reference_fit(reference, hidden, errors, anchor, **kwargs)
     result = train_error_head(clf, score_fn=normalised_entropy, hidden=hidden, errors=errors, anchor=anchor,
                               val_hidden=None, val_errors=None, **kwargs)
 
     assert result.best_epoch == 3  # no validation data: the last epoch
     assert [h["train_loss"] for h in result.history] == pytest.approx(ref_losses, rel=1e-5)
+    # The two loops order their float32 operations differently (fused vs foreach Adam, L2-SP by hand vs
+    # autograd), and Adam divides by sqrt(v): a last-bit difference in a small gradient becomes a step
+    # difference of up to ~lr * 1e-4 on some CPUs (2.3e-6 seen after 30 steps at lr 1e-2). A wrong
+    # loop (schedule, L2-SP factor, anchor term) moves the weights by a share of their whole drift
+    # (>= 0.05 here), so differences are judged against that drift: at most 1e-3 of it.
     for name, value in ref_state.items():
-        torch.testing.assert_close(result.state[name], value, rtol=0, atol=2e-6)
-        torch.testing.assert_close(clf.state_dict()[name], value, rtol=0, atol=2e-6)
+        drift = float((value - init[name]).abs().max())
+        assert drift > 1e-2  # every tensor really moved, so the bound below means something
+        torch.testing.assert_close(result.state[name], value, rtol=0, atol=1e-3 * drift)
+        torch.testing.assert_close(clf.state_dict()[name], value, rtol=0, atol=1e-3 * drift)
         assert clf.state_dict()[name].untyped_storage().nbytes() == value.numel() * 4  # not a view any more
+
+
+@pytest.mark.parametrize("params", [{"epochs": 20.0}, {"batch_size": 128.0}, {"epochs": True}])
+def test_a_non_integer_epoch_count_or_batch_size_is_refused_by_name(params, linear_classifier, splits):
+    from ue.heads import build_head
+
+    head = build_head("alien", classifier=linear_classifier, **params)
+    with pytest.raises(ValueError, match=f"{next(iter(params))}=.* must be an integer"):
+        head.fit(splits["train"], splits["val"])

@@ -8,6 +8,7 @@ score with the trained copy. The model's own prediction is untouched.
 from __future__ import annotations
 
 import copy
+import numbers
 from typing import Any, ClassVar
 
 import numpy as np
@@ -39,6 +40,11 @@ class TrainedErrorHead(UncertaintyHead):
             "alpha": self.alpha >= 0, "beta": self.beta >= 0, "lr": self.lr > 0,
             "epochs": self.epochs >= 0, "batch_size": self.batch_size >= 1,
         }
+        whole = [k for k in ("epochs", "batch_size") if isinstance(getattr(self, k), bool)
+                 or not isinstance(getattr(self, k), numbers.Integral)]
+        if whole:
+            got = ", ".join(f"{k}={getattr(self, k)!r}" for k in whole)
+            raise ValueError(f"{self.name}: {got} must be an integer (e.g. epochs=20)")
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             got = ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
