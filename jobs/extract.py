@@ -39,7 +39,7 @@ import torch
 from jobs._common import adapter_dir, init_ray, job_main, run_stage
 from jobs.schemas.extract import Config
 from ue.artifacts import RunLayout, atomic_write_json, read_json
-from ue.data import check_labels, load_split, num_labels
+from ue.data import check_labels, load_dataset_split, num_labels
 from ue.extraction import classify_batch, confidence_logits, generate_answers, length_batches, rouge_l
 from ue.feature_cache import CLASSIFIER_FILES, feature_table, part_files, part_path, write_part
 from ue.heads.modules import classifier_from_model, save_classifier
@@ -105,9 +105,9 @@ def _reset_stale_cache(features_dir: Path, content_hash: str, *, force: bool) ->
 
 def _read_split(cfg: Config, split: str) -> pa.Table:
     data = cfg.data
-    table = load_split(
-        data.name, data.splits[split], task=data.task, columns=data.columns,
-        max_rows=(data.max_rows or {}).get(split), seed=data.seed,
+    table = load_dataset_split(
+        data.name, split, splits=data.splits, task=data.task, columns=data.columns,
+        max_rows=(data.max_rows or {}).get(split), seed=data.seed, val_from_train=data.val_from_train,
     )
     return table.select([c for c in INPUT_COLUMNS[data.task] if c in table.column_names])
 

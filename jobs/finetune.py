@@ -42,7 +42,7 @@ from jobs._train_loop import ADAPTER_DIR, STATE_FILE, LoopInputs, build_loss, tr
 from jobs.schemas.finetune import METRIC_MODE, Config, deepspeed_path
 from ue.artifacts import RunLayout, atomic_directory, atomic_write_bytes, atomic_write_json
 from ue.config import ConfigError, ConfigIssue, RunConfig, config_hash
-from ue.data import check_labels, load_split, num_labels
+from ue.data import check_labels, load_dataset_split, num_labels
 from ue.losses import LOSSES, ua_clm_mixed
 from ue.models import AUTO_CLASSES, apply_lora, resolve_model_path
 
@@ -96,8 +96,8 @@ def finetune(cfg: Config, layout: RunLayout) -> dict[str, Any]:
 def read_split(cfg: Config, split: str) -> pa.Table:
     """One split with only the columns the workers read (Ray Data then carries nothing else)."""
     d = cfg.data
-    table = load_split(d.name, d.splits[split], task=d.task, columns=d.columns,
-                       max_rows=(d.max_rows or {}).get(split), seed=d.seed)
+    table = load_dataset_split(d.name, split, splits=d.splits, task=d.task, columns=d.columns,
+                               max_rows=(d.max_rows or {}).get(split), seed=d.seed, val_from_train=d.val_from_train)
     keep = [c for c in (*COLUMNS[d.task], "uncertainty") if c in table.column_names]
     return table.select(keep)
 

@@ -20,7 +20,6 @@ The test split is only ever scored.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import time
@@ -39,6 +38,7 @@ import torch
 from jobs._common import init_ray, job_main, run_stage
 from jobs.schemas.fit_heads import Config, HeadEntry
 from ue.artifacts import RunLayout, atomic_write_json
+from ue.data import id_share
 from ue.evaluation import evaluate_scores, format_table
 from ue.feature_cache import CLASSIFIER_FILES, check_feature_files, part_files, read_meta
 from ue.features import column
@@ -218,15 +218,10 @@ def _cut(view: View, columns: list[str], fraction: float, seed: int, *blocks: pa
         mine.append(block if pc.all(in_split).as_py() else block.filter(in_split))
     table = pa.concat_tables(mine).select([*columns, *(["id"] if share else [])])
     if share is not None:
-        in_calibration = np.array([_unit_hash(f"{seed}:{i}") < fraction for i in table["id"].to_pylist()], dtype=bool)
+        in_calibration = id_share(table["id"].to_pylist(), fraction, seed=seed)
         table = table.filter(pa.array(in_calibration if share == "calibration" else ~in_calibration))
     # One chunk per column: every head reading this cut gets its arrays without another copy.
     return table.select(columns).combine_chunks()
-
-
-def _unit_hash(text: str) -> float:
-    """A stable number in [0, 1) from ``text`` (Python's hash() differs between processes)."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") / 2.0**64
 
 
 # -- fitting -----------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ missing column or a bad label names the file, the row and the column.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,7 +44,9 @@ def resolve_split_file(name: str, stem: str, *, root: Path | None = None) -> Pat
             return candidate
     if folder.is_dir():
         have = sorted(p.name for p in folder.iterdir() if p.suffix in FILE_SUFFIXES)
-        raise DataError(f"{folder}: no split file {stem!r} (have: {', '.join(have)})")
+        raise DataError(f"{folder}: no split file {stem!r} (have: {', '.join(have)}); map the split to one of "
+                        "them with data.splits, or for a dataset without a validation file set "
+                        "data.val_from_train: 0.1")
     return None
 
 
@@ -119,11 +122,58 @@ def load_split(
         table = table.append_column("id", pa.array([f"{split}-{i}" for i in range(table.num_rows)]))
     else:
         table = table.set_column(table.column_names.index("id"), "id", table.column("id").cast(pa.string()))
-    if max_rows is not None and max_rows < table.num_rows:
-        keep = np.sort(np.random.default_rng(seed).choice(table.num_rows, max_rows, replace=False))
-        table = table.take(pa.array(keep))
+    table = subsample(table, max_rows, seed=seed)
     _check(table, task, source)
     return table
+
+
+def load_dataset_split(
+    name: str,
+    split: str,
+    *,
+    splits: Mapping[str, str],
+    task: str,
+    columns: Mapping[str, str] | None = None,
+    max_rows: int | None = None,
+    seed: int = 0,
+    val_from_train: float | None = None,
+    root: Path | None = None,
+) -> pa.Table:
+    """Our split ``split`` (train / val / test) of dataset ``name``; ``splits`` maps ours to file stems.
+
+    With ``val_from_train`` (a fraction in (0, 1)), val is carved out of the train file instead of
+    read from its own: a row is val when the hash of ``(seed, id)`` falls below the fraction
+    (:func:`id_share`), so the same rows are val in every stage and run, whatever ``max_rows`` keeps;
+    train is the rest. ``max_rows`` then subsamples the carved split.
+    """
+    if val_from_train is None or split == "test":
+        return load_split(name, splits[split], task=task, columns=columns, max_rows=max_rows, seed=seed, root=root)
+    table = load_split(name, splits["train"], task=task, columns=columns, seed=seed, root=root)
+    in_val = id_share(table.column("id").to_pylist(), val_from_train, seed=seed)
+    carved = table.filter(pa.array(in_val if split == "val" else ~in_val))
+    return subsample(carved, max_rows, seed=seed)
+
+
+def subsample(table: pa.Table, max_rows: int | None, *, seed: int) -> pa.Table:
+    """A seeded random subset of at most ``max_rows`` rows, in file order (so ids stay stable)."""
+    if max_rows is None or max_rows >= table.num_rows:
+        return table
+    keep = np.sort(np.random.default_rng(seed).choice(table.num_rows, max_rows, replace=False))
+    return table.take(pa.array(keep))
+
+
+def id_share(ids: Sequence[str], fraction: float, *, seed: int) -> np.ndarray:
+    """(n,) bool: the rows whose id falls in a seeded share ``fraction`` of the id space.
+
+    A row's membership depends only on its id and the seed (a hash, not Python's per-process hash()),
+    so it is the same in every process, stage and run, and does not move when other rows are added.
+    """
+    return np.fromiter((unit_hash(f"{seed}:{i}") < fraction for i in ids), dtype=bool, count=len(ids))
+
+
+def unit_hash(text: str) -> float:
+    """A stable number in [0, 1) from ``text``."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") / 2.0**64
 
 
 def _rename(table: pa.Table, columns: dict[str, str], source: str) -> pa.Table:

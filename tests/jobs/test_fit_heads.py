@@ -16,6 +16,7 @@ from jobs import fit_heads
 from jobs.schemas.fit_heads import DEFAULT_HEADS, Config
 from ue.artifacts import RunLayout, atomic_write_json
 from ue.config import ConfigError, load_config
+from ue.data import id_share
 from ue.evaluation import evaluate_scores
 from ue.feature_cache import feature_table, part_path, write_part
 from ue.features import MissingColumnError, column
@@ -118,7 +119,7 @@ def test_a_calibration_split_fits_on_a_share_of_val_and_reports_the_rest(local_r
     layout = write_features(tmp_path)
     fit_heads.run(config(tmp_path, ["mahalanobis", "alien"], fit_split="calibration"))
     val = split_table(layout, "val")
-    in_cal = np.array([fit_heads._unit_hash(f"0:{i}") < 0.5 for i in val["id"].to_pylist()])
+    in_cal = id_share(val["id"].to_pylist(), 0.5, seed=0)
     assert 0 < in_cal.sum() < ROWS["val"]
     report = json.loads((layout.stage_dir("fit_heads") / "metrics.json").read_text())
     assert report["metrics"]["val"]["mahalanobis"]["n"] == int((~in_cal).sum())

@@ -6,9 +6,10 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from ue.data import DataError, check_labels, load_split, num_labels, qa_prompt
+from ue.data import DataError, check_labels, id_share, load_dataset_split, load_split, num_labels, qa_prompt
 
 DATA = Path(os.environ.get("UE_DATA_DIR") or Path(__file__).resolve().parents[3] / "shared" / "data")
 needs_data = pytest.mark.skipif(not (DATA / "sst2").is_dir(), reason="no datasets at $UE_DATA_DIR or ../shared/data")
@@ -70,3 +71,48 @@ def test_data_root_datasets_for_every_task():
     assert row["prompt"] == qa_prompt(row["question"], row["context"]) and row["answer"] == row["answers"][0]
     with pytest.raises(DataError, match="no split file 'nope'"):
         load_split("sst2", "nope", task="sequence_classification", root=DATA)
+
+
+SPLITS = {"train": "train", "val": "validation", "test": "test"}
+
+
+def _trec_like(tmp_path: Path) -> Path:
+    """A dataset folder with train and test only (as TREC, AG News, IMDB ship)."""
+    folder = tmp_path / "trec_like"
+    folder.mkdir()
+    _write_jsonl(folder / "train.jsonl", [{"text": f"t{i}", "label": i % 3} for i in range(1000)])
+    _write_jsonl(folder / "test.jsonl", [{"text": f"x{i}", "label": i % 3} for i in range(50)])
+    return folder
+
+
+def test_val_from_train_carves_a_seeded_id_stable_share(tmp_path):
+    folder = _trec_like(tmp_path)
+
+    def read(split, **kw):
+        return load_dataset_split(str(folder), split, splits=SPLITS, task="sequence_classification",
+                                  val_from_train=0.1, **kw)
+
+    train, val = read("train"), read("val")
+    train_ids, val_ids = set(train.column("id").to_pylist()), set(val.column("id").to_pylist())
+    assert not train_ids & val_ids and len(train_ids | val_ids) == 1000
+    assert 70 <= len(val_ids) <= 130  # ~10% of 1000 rows
+    assert val_ids == {f"train-{i}" for i in range(1000) if id_share([f"train-{i}"], 0.1, seed=0)[0]}
+    assert read("test").num_rows == 50  # test is read as is
+    # max_rows subsamples the carved split; it never moves a row between train and val.
+    assert set(read("train", max_rows=200).column("id").to_pylist()) <= train_ids
+    assert set(read("val", max_rows=20).column("id").to_pylist()) <= val_ids
+    assert set(read("val", seed=1).column("id").to_pylist()) != val_ids  # the seed picks another share
+
+
+def test_id_share_is_a_pure_function_of_id_and_seed():
+    ids = [f"r{i}" for i in range(2000)]
+    share = id_share(ids, 0.25, seed=3)
+    assert share.dtype == bool and 0.2 < share.mean() < 0.3
+    assert np.array_equal(id_share(ids[::-1], 0.25, seed=3), share[::-1])  # row order does not matter
+    assert not np.any(share & ~id_share(ids, 0.5, seed=3))  # a smaller share lies inside a larger one
+
+
+def test_without_a_val_file_the_error_points_at_val_from_train(tmp_path):
+    folder = _trec_like(tmp_path)
+    with pytest.raises(DataError, match="no split file 'validation'.*val_from_train"):
+        load_dataset_split(str(folder), "val", splits=SPLITS, task="sequence_classification")

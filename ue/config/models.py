@@ -58,7 +58,13 @@ class DataConfig(ConfigModel):
         None, description="Rows to read at most per split (for smoke runs); None reads everything."
     )
     max_length: int = Field(128, description="Tokenizer truncation length, in tokens.")
-    seed: int = Field(0, description="Seed for shuffling and subsampling.")
+    seed: int = Field(0, description="Seed for shuffling, subsampling and the val carve-out.")
+    val_from_train: float | None = Field(
+        None,
+        description="Carve val out of the train file: this share of its rows, chosen by a seeded hash of the "
+        "row id (the same rows in every stage and run); splits.val is then not read. For datasets that ship "
+        "only train/test (TREC, AG News, IMDB, ...).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -90,6 +96,13 @@ class DataConfig(ConfigModel):
     def _positive_caps(cls, value: dict[str, int] | None) -> dict[str, int] | None:
         for count in (value or {}).values():
             _at_least(count, 1, "leave max_rows unset to read every row")
+        return value
+
+    @field_validator("val_from_train")
+    @classmethod
+    def _carve_fraction(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 < value < 1.0:
+            raise ValueError("must be a fraction in (0, 1), e.g. 0.1; leave it unset to read splits.val")
         return value
 
     @field_validator("max_length")
