@@ -42,7 +42,7 @@ from ue.data import id_share
 from ue.evaluation import evaluate_scores, format_table
 from ue.feature_cache import CLASSIFIER_FILES, check_feature_files, part_files, read_meta
 from ue.features import column
-from ue.heads import HEADS, build_head, load_classifier
+from ue.heads import HEADS, Calibrated, build_head, load_classifier
 
 log = logging.getLogger("ue.jobs.fit_heads")
 METRIC_COLUMNS = ("pred", "label", "logits")
@@ -100,7 +100,8 @@ def fit_heads(cfg: Config, layout: RunLayout) -> dict[str, Any]:
 
 # -- setup -------------------------------------------------------------------------------------------
 def _build_head(entry: HeadEntry, features_dir: Path, meta: dict[str, Any]) -> Any:
-    """The head of ``entry``; ALIEN/AdUE get a copy of the model's classification module."""
+    """The head of ``entry``; ALIEN/AdUE get a copy of the model's classification module; with
+    ``calibrate``, wrapped in :class:`ue.heads.Calibrated`."""
     params = dict(entry.params)
     if "classifier" in inspect.signature(HEADS.get(entry.name)).parameters:
         if not all((features_dir / f).is_file() for f in CLASSIFIER_FILES):
@@ -109,7 +110,8 @@ def _build_head(entry: HeadEntry, features_dir: Path, meta: dict[str, Any]) -> A
                 f"{features_dir} has none (task {meta['task']}); drop this head for this task"
             )
         params["classifier"] = load_classifier(features_dir)
-    return build_head(entry.name, **params)
+    head = build_head(entry.name, **params)
+    return Calibrated(head=head, method=entry.calibrate, fraction=entry.calibrate_fraction) if entry.calibrate else head
 
 
 def _views(cfg: Config) -> dict[str, View]:
@@ -148,7 +150,7 @@ def _check_cache(layout: RunLayout, meta: dict[str, Any], needs: dict[View, dict
 
 def _expected_cost(head: Any) -> tuple[int, int]:
     # Trained heads run epochs over the fit split; the others are one pass (or none).
-    return getattr(head, "epochs", 0), len(head.fit_requires)
+    return getattr(getattr(head, "head", head), "epochs", 0), len(head.fit_requires)
 
 
 # -- reading -----------------------------------------------------------------------------------------
@@ -268,6 +270,8 @@ def _evaluate(cfg: Config, heads: dict[str, Any], results: dict[str, Any],
 
 
 def _json_params(head: Any) -> dict[str, Any]:
+    if isinstance(head, Calibrated):
+        return {**head.get_params(), "head": {"name": head.head.name, "params": _json_params(head.head)}}
     return {k: v for k, v in head.get_params().items() if k != "classifier"}
 
 

@@ -15,7 +15,22 @@ DEFAULT_HEADS = ("msp", "entropy", "temperature", "mahalanobis", "relative_mahal
 class HeadEntry(HeadSpec):
     """A head to fit; ``save_as`` lets one run hold several settings of the same head."""
 
-    save_as: str | None = Field(None, description="Folder under heads/ and row name; default: the head name.")
+    save_as: str | None = Field(
+        None, description="Folder under heads/ and row name; default: the head name (<name>_<calibrate> "
+        "when calibrated).")
+    calibrate: Literal["beta", "platt", "isotonic"] | None = Field(
+        None, description="Map the head's score to P(error) on a held-out share of val (ue.heads.Calibrated): "
+        "beta (for scores in [0, 1]: msp, temperature, alien, adue), platt (any score) or isotonic; beta and "
+        "platt keep the ranking.")
+    calibrate_fraction: float = Field(0.5, description="Share of val rows that fit the calibration map; the "
+                                      "rest selects the head's epochs.")
+
+    @field_validator("calibrate_fraction")
+    @classmethod
+    def _calibration_share(cls, value: float) -> float:
+        if not 0.0 < value < 1.0:
+            raise ValueError("must be in (0, 1); 0.5 halves val")
+        return value
 
     @field_validator("save_as")
     @classmethod
@@ -26,7 +41,7 @@ class HeadEntry(HeadSpec):
 
     @property
     def key(self) -> str:
-        return self.save_as or self.name
+        return self.save_as or (f"{self.name}_{self.calibrate}" if self.calibrate else self.name)
 
 
 class Config(ConfigModel):

@@ -20,7 +20,7 @@ from ue.data import id_share
 from ue.evaluation import evaluate_scores
 from ue.feature_cache import feature_table, part_path, write_part
 from ue.features import MissingColumnError, column
-from ue.heads import HEADS, Mahalanobis, load_classifier, load_head, save_classifier
+from ue.heads import HEADS, Alien, Calibrated, Mahalanobis, load_classifier, load_head, save_classifier
 from ue.heads.modules import Classifier, ClassifierSpec
 from ue.registry import UnknownNameError
 
@@ -137,6 +137,33 @@ def test_a_feature_file_with_the_wrong_hidden_size_is_named(tmp_path):
                part_path(layout.features_split_dir("train"), 1))
     with pytest.raises(ValueError, match=r"split=train/part-00001\.parquet: column 'hidden' has width 8"):
         fit_heads.run(config(tmp_path, ["mahalanobis"]))
+
+
+def test_calibrated_entries_fit_the_map_on_a_share_of_val_and_report_an_error_probability(local_ray, tmp_path):
+    layout = write_features(tmp_path)
+    entries = [{"name": "alien", "params": QUICK["alien"], "calibrate": "platt"},
+               {"name": "mahalanobis", "calibrate": "isotonic", "calibrate_fraction": 0.4},
+               {"name": "msp", "calibrate": "beta", "save_as": "msp_cal"}]
+    cfg = load_config(Config, data={"run": {"root": str(tmp_path), "run_id": "r"}, "heads": entries})
+    fit_heads.run(cfg)
+    report = json.loads((layout.stage_dir("fit_heads") / "metrics.json").read_text())
+    assert set(report["heads"]) == {"alien_platt", "mahalanobis_isotonic", "msp_cal"}
+    assert report["heads"]["alien_platt"]["params"]["head"] == {"name": "alien", "params": {
+        **{k: v for k, v in HEADS.get("alien")(classifier=None, **QUICK["alien"]).get_params().items()
+           if k != "classifier"}}}
+    train, val, test = (split_table(layout, s) for s in ("train", "val", "test"))
+    truth = {c: column(test, c) for c in ("pred", "label", "logits")}
+    classifier = load_classifier(layout.features_dir)
+    for key, head in (("alien_platt", Calibrated(head=Alien(classifier=classifier, **QUICK["alien"]), method="platt")),
+                      ("mahalanobis_isotonic", Calibrated(head=Mahalanobis(), method="isotonic", fraction=0.4)),
+                      ("msp_cal", Calibrated(head=HEADS.get("msp")(), method="beta"))):
+        expected = head.fit(train, val=val).uncertainty(test)
+        saved = load_head(layout.head_dir(key))
+        np.testing.assert_allclose(saved.uncertainty(test), expected, rtol=1e-5, atol=1e-7, err_msg=key)
+        assert report["heads"][key]["error_probability"] and report["metrics"]["test"][key]["confidence"] == "1-U"
+        again = evaluate_scores(expected, error_probability=True, **truth)
+        assert {k: report["metrics"]["test"][key][k] for k in ("roc_auc", "ece", "brier")} == pytest.approx(
+            {k: again[k] for k in ("roc_auc", "ece", "brier")}, rel=1e-4)
 
 
 def test_a_column_that_is_not_cached_is_named_with_its_file(tmp_path):

@@ -125,3 +125,39 @@ def test_a_non_integer_epoch_count_or_batch_size_is_refused_by_name(params, line
     head = build_head("alien", classifier=linear_classifier, **params)
     with pytest.raises(ValueError, match=f"{next(iter(params))}=.* must be an integer"):
         head.fit(splits["train"], splits["val"])
+
+
+@pytest.mark.parametrize("patience", [1, 2, 3])
+def test_patience_cuts_the_full_trajectory_where_val_roc_auc_stopped_improving(patience):
+    rng = np.random.default_rng(3)
+    hidden = rng.normal(size=(400, 16)).astype(np.float32)
+    errors = (hidden[:, 0] + rng.normal(size=400) > 1.0).astype(np.float32)
+    val_hidden = rng.normal(size=(200, 16)).astype(np.float32)
+    val_errors = (val_hidden[:, 0] + 2 * rng.normal(size=200) > 1.0).astype(np.int64)
+    kwargs = {"score_fn": normalised_entropy, "hidden": hidden, "errors": errors, "anchor": np.full(400, 0.5),
+              "val_hidden": val_hidden, "val_errors": val_errors, "alpha": 0.0, "beta": 0.0, "lr": 3e-2,
+              "epochs": 15, "batch_size": 64, "seed": 0}
+
+    def fit(**extra):
+        torch.manual_seed(1)
+        return train_error_head(Classifier(ClassifierSpec("linear", 16, 3)), **kwargs, **extra)
+
+    full = fit()
+    aucs = [h["val_roc_auc"] for h in full.history]
+    # Hand-computed stop: the first epoch that is `patience` epochs past the best so far.
+    stop = next((t for t in range(1, 16) if t - (1 + int(np.argmax(aucs[:t]))) >= patience), 15)
+    assert stop < 15  # the case really stops early
+    cut = fit(patience=patience)
+    assert len(cut.history) == stop and cut.history == full.history[:stop]
+    assert cut.best_epoch == 1 + int(np.argmax(aucs[:stop]))
+    if cut.best_epoch == full.best_epoch:
+        for name, value in full.state.items():
+            torch.testing.assert_close(cut.state[name], value, rtol=0, atol=0)
+
+
+def test_patience_needs_a_positive_integer(linear_classifier, splits):
+    from ue.heads import build_head
+
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="patience=.* must be null or an integer >= 1"):
+            build_head("alien", classifier=linear_classifier, patience=bad).fit(splits["train"], splits["val"])

@@ -9,6 +9,7 @@ from ue.artifacts import read_json
 from ue.heads.adue import AdUE
 from ue.heads.alien import Alien
 from ue.heads.base import NotFittedError, UncertaintyHead
+from ue.heads.calibrated import Calibrated
 from ue.heads.entropy import Entropy
 from ue.heads.mahalanobis import Mahalanobis
 from ue.heads.modules import (
@@ -39,13 +40,13 @@ def build_head(name: str, **params: object) -> UncertaintyHead:
 
 
 def load_head(directory: str | os.PathLike) -> UncertaintyHead:
-    """Load any saved head; its type is read from ``head.json``."""
+    """Load any saved head, a :class:`Calibrated` wrapper included; its type is read from ``head.json``."""
     name = read_json(Path(directory) / "head.json")["name"]
-    return HEADS.get(name).load(directory)
+    return Calibrated.load(directory) if name == Calibrated.name else HEADS.get(name).load(directory)
 
 
 __all__ = [
-    "HEADS", "AdUE", "Alien", "Classifier", "ClassifierSpec", "Entropy", "MSP", "Mahalanobis",
+    "HEADS", "AdUE", "Alien", "Calibrated", "Classifier", "ClassifierSpec", "Entropy", "MSP", "Mahalanobis",
     "NotFittedError", "RelativeMahalanobis", "TemperatureScaling", "UncertaintyHead", "build_head",
     "classifier_from_model", "load_classifier", "load_head", "save_classifier",
 ]

@@ -45,6 +45,9 @@ class TrainedErrorHead(UncertaintyHead):
         if whole:
             got = ", ".join(f"{k}={getattr(self, k)!r}" for k in whole)
             raise ValueError(f"{self.name}: {got} must be an integer (e.g. epochs=20)")
+        p = self.patience
+        if p is not None and (isinstance(p, bool) or not isinstance(p, numbers.Integral) or p < 1):
+            raise ValueError(f"{self.name}: patience={self.patience!r} must be null or an integer >= 1 (e.g. 5)")
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             got = ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
@@ -69,7 +72,8 @@ class TrainedErrorHead(UncertaintyHead):
         return module
 
     def fit(self, features: Any, val: Any = None, *, on_epoch: EpochCallback | None = None) -> TrainedErrorHead:
-        """Train on ``features`` (train or calibration split); select the epoch on ``val`` ROC-AUC.
+        """Train on ``features`` (train or calibration split); select the epoch on ``val`` ROC-AUC,
+        stopping after ``patience`` epochs without a better one.
 
         ``on_epoch(epoch, metrics)`` is called after every epoch (used by Ray Tune for ASHA).
         """
@@ -84,7 +88,7 @@ class TrainedErrorHead(UncertaintyHead):
             val_hidden=None if v is None else v["hidden"],
             val_errors=None if v is None else error_indicator(v),
             alpha=self.alpha, beta=self.beta, lr=self.lr, epochs=self.epochs,
-            batch_size=self.batch_size, seed=self.seed, on_epoch=on_epoch,
+            batch_size=self.batch_size, seed=self.seed, patience=self.patience, on_epoch=on_epoch,
         )
         module.load_state_dict(result.state)
         self.module_ = module.eval().requires_grad_(False)

@@ -3,7 +3,10 @@
 Adam without weight decay, OneCycle stepped per batch (10% warm-up, cosine, div 25, final div 1e4),
 batch 128, float32, shuffled with a fixed seed. Loss = ``BCE(U, e) + alpha * mean((U - anchor)^2)
 + beta * sum ||theta - theta_init||^2``. The epoch kept is the one with the best validation ROC-AUC;
-only the ``val`` arrays passed here take part in selection, so a test split never can.
+only the ``val`` arrays passed here take part in selection, so a test split never can. With
+``patience`` (the authors train up to 50 epochs and stop once val ROC-AUC has not improved for 5),
+training ends early; the one-cycle schedule still spans all ``epochs``, so a stopped fit is the same
+trajectory as the full one, cut short.
 
 Unlike the reference code, the cached features are held as one float32 tensor and batches are
 gathered with a seeded permutation instead of a DataLoader over float64 rows: the same math and
@@ -145,6 +148,7 @@ def train_error_head(
     epochs: int,
     batch_size: int,
     seed: int,
+    patience: int | None = None,
     on_epoch: EpochCallback | None = None,
 ) -> FitResult:
     """Train ``module`` in place so that ``score_fn(module(h))`` predicts the error indicator.
@@ -152,6 +156,8 @@ def train_error_head(
     Shapes: hidden (n, d), errors (n,) in {0, 1}, anchor (n,) in [0, 1]; val arrays likewise.
     Returns the state dict of the selected epoch (the last one when no validation data is given or
     no epoch has a finite validation ROC-AUC). ``epochs = 0`` returns the initial state.
+    ``patience``: stop after that many epochs in a row without a better validation ROC-AUC (counted
+    from the first finite one, so it needs val arrays; None trains every epoch).
     """
     h = torch.as_tensor(np.ascontiguousarray(hidden), dtype=torch.float32)
     e = torch.as_tensor(errors, dtype=torch.float32)
@@ -196,6 +202,8 @@ def train_error_head(
             result.history.append(metrics)
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
+            if patience is not None and result.best_epoch and epoch - result.best_epoch >= patience:
+                break
     if result.best_epoch == 0:
         result.state, result.best_epoch = _snapshot(module), epochs
     opt.release()

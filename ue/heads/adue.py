@@ -36,6 +36,7 @@ class AdUE(TrainedErrorHead):
         seed: int = 0,
         init: str = "copy",
         smoothmax_lambda: float = 100.0,
+        patience: int | None = None,
     ) -> None:
         self.classifier = classifier
         self.alpha = alpha
@@ -46,6 +47,7 @@ class AdUE(TrainedErrorHead):
         self.seed = seed
         self.init = init
         self.smoothmax_lambda = smoothmax_lambda
+        self.patience = patience
 
     def _score_t(self, logits: torch.Tensor) -> torch.Tensor:
         return smoothmax_score(logits, self.smoothmax_lambda)
