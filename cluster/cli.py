@@ -52,11 +52,11 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _load(pipeline: Path, overrides: list[str] | None) -> Pipeline:
+def _load(pipeline: Path, overrides: list[str] | None, *, check_files: bool = True) -> Pipeline:
     from cluster.pipeline import PipelineError, load_pipeline
 
     try:
-        return load_pipeline(pipeline, overrides or [])
+        return load_pipeline(pipeline, overrides or [], check_files=check_files)
     except PipelineError as exc:
         _print_problems(exc)
         raise typer.Exit(2) from None
@@ -136,7 +136,7 @@ def submit(
     from cluster.runner import StageFailed
     from cluster.submit import ClusterUnreachable, StageStopped, submit_pipeline
 
-    pipe = _load(pipeline, overrides)
+    pipe = _load(pipeline, overrides, check_files=False)
     client = _client(address, verbose)
     out = _out()
     out.print(f"run [bold]{pipe.run_id}[/] on {client.address}")

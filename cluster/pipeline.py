@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
+from cluster import preflight
 from cluster.stages import STAGE_IMPLS, StageImpl
 from jobs.schemas import STAGES
 from ue.artifacts import Manifest, RunLayout, atomic_write_json
@@ -208,8 +209,10 @@ def split_overrides(overrides: Sequence[str]) -> tuple[list[str], dict[str, list
     return pipeline, per_stage
 
 
-def load_pipeline(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Pipeline:
-    """Validate a pipeline file and every stage config in it.
+def load_pipeline(path: str | os.PathLike[str], overrides: Sequence[str] = (), *, check_files: bool = True) -> Pipeline:
+    """Validate a pipeline file and every stage config in it, then the checks of ``cluster.preflight``
+    (``check_files``: also the score stage's head folders and corpus paths as this machine sees them;
+    off for a submission, whose paths are the cluster's).
 
     Raises:
         PipelineError: listing every problem, e.g.
@@ -247,7 +250,11 @@ def load_pipeline(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -
         planned.append(PlannedStage(spec, impl, cfg, retries))
     if problems or config is None:
         raise PipelineError(problems)
-    return Pipeline(path, config, planned, root)
+    pipe = Pipeline(path, config, planned, root)
+    problems = preflight.check(pipe, check_files=check_files)
+    if problems:
+        raise PipelineError(problems)
+    return pipe
 
 
 def _stage_specs(config: PipelineConfig | None, path: Path) -> list[tuple[int, StageSpec]] | None:

@@ -20,6 +20,15 @@ STAGE_FOLDERS = ("finetune", "extract", "fit_heads", "tune", "score")
 SHIPPED = sorted(p for p in CONFIGS.rglob("*") if p.is_file())
 
 
+@pytest.fixture(autouse=True)
+def data_dir(monkeypatch):
+    """The shipped configs read $UE_DATA_DIR; without it, the data beside the checkout (as .ci/run)."""
+    import os
+
+    if not os.environ.get("UE_DATA_DIR"):
+        monkeypatch.setenv("UE_DATA_DIR", str(CONFIGS.parents[2] / "shared" / "data"))
+
+
 def test_every_shipped_file_is_in_a_checked_folder():
     folders = {p.relative_to(CONFIGS).parts[0] for p in SHIPPED}
     assert folders <= {*STAGE_FOLDERS, "pipelines", "deepspeed"}, folders
@@ -32,7 +41,7 @@ def test_every_stage_config_validates_as_ue_validate_checks_it(path: Path, tmp_p
     pipeline = tmp_path / "one_stage.yaml"
     pipeline.write_text(yaml.safe_dump({"run_id": "shipped-check", "root": str(tmp_path / "runs"),
                                         "stages": [{"stage": path.parent.name, "config": str(path)}]}))
-    pipe = load_pipeline(pipeline)
+    pipe = load_pipeline(pipeline, check_files=False)  # its heads come from stages not in this pipeline
     assert [s.name for s in pipe.stages] == [path.parent.name]
 
 
