@@ -47,6 +47,8 @@ from ue.heads import HEADS, Calibrated, build_head, load_classifier
 log = logging.getLogger("ue.jobs.fit_heads")
 METRIC_COLUMNS = ("pred", "label", "logits")
 """What the driver reads from every eval split to judge the scores."""
+CALIBRATION_SALT = "fit_heads.calibration:"
+"""Salt of the id hash that assigns val rows to the calibration split (independent of a val carve-out)."""
 View = tuple[str, str | None]
 """(split on disk, part of it): part is None, "calibration" or "selection" (the two shares of val)."""
 
@@ -220,7 +222,7 @@ def _cut(view: View, columns: list[str], fraction: float, seed: int, *blocks: pa
         mine.append(block if pc.all(in_split).as_py() else block.filter(in_split))
     table = pa.concat_tables(mine).select([*columns, *(["id"] if share else [])])
     if share is not None:
-        in_calibration = id_share(table["id"].to_pylist(), fraction, seed=seed)
+        in_calibration = id_share(table["id"].to_pylist(), fraction, seed=seed, salt=CALIBRATION_SALT)
         table = table.filter(pa.array(in_calibration if share == "calibration" else ~in_calibration))
     # One chunk per column: every head reading this cut gets its arrays without another copy.
     return table.select(columns).combine_chunks()

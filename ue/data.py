@@ -162,13 +162,15 @@ def subsample(table: pa.Table, max_rows: int | None, *, seed: int) -> pa.Table:
     return table.take(pa.array(keep))
 
 
-def id_share(ids: Sequence[str], fraction: float, *, seed: int) -> np.ndarray:
+def id_share(ids: Sequence[str], fraction: float, *, seed: int, salt: str = "") -> np.ndarray:
     """(n,) bool: the rows whose id falls in a seeded share ``fraction`` of the id space.
 
-    A row's membership depends only on its id and the seed (a hash, not Python's per-process hash()),
-    so it is the same in every process, stage and run, and does not move when other rows are added.
+    A row's membership depends only on its id, the seed and ``salt`` (a hash, not Python's per-process
+    hash()), so it is the same in every process, stage and run, and does not move when other rows are
+    added. Each use of a split takes its own ``salt``: with one hash, the rows carved out as val
+    (hash < 0.1) would all land in any later share of val (hash < 0.5) drawn with the same seed.
     """
-    return np.fromiter((unit_hash(f"{seed}:{i}") < fraction for i in ids), dtype=bool, count=len(ids))
+    return np.fromiter((unit_hash(f"{salt}{seed}:{i}") < fraction for i in ids), dtype=bool, count=len(ids))
 
 
 def unit_hash(text: str) -> float:

@@ -119,7 +119,7 @@ def test_a_calibration_split_fits_on_a_share_of_val_and_reports_the_rest(local_r
     layout = write_features(tmp_path)
     fit_heads.run(config(tmp_path, ["mahalanobis", "alien"], fit_split="calibration"))
     val = split_table(layout, "val")
-    in_cal = id_share(val["id"].to_pylist(), 0.5, seed=0)
+    in_cal = id_share(val["id"].to_pylist(), 0.5, seed=0, salt=fit_heads.CALIBRATION_SALT)
     assert 0 < in_cal.sum() < ROWS["val"]
     report = json.loads((layout.stage_dir("fit_heads") / "metrics.json").read_text())
     assert report["metrics"]["val"]["mahalanobis"]["n"] == int((~in_cal).sum())

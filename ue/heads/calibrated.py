@@ -42,6 +42,8 @@ from ue.features import error_indicator, select_columns
 from ue.heads.base import UncertaintyHead, _dumps
 
 METHODS = ("beta", "platt", "isotonic")
+SALT = "calibrated:"
+"""Salt of the id hash (``ue.data.id_share``) that splits val into calibration and selection."""
 _EPS = 1e-6
 
 
@@ -49,8 +51,8 @@ class Calibrated(UncertaintyHead):
     """A fitted ``head`` whose score is mapped to P(error) on a held-out share of val.
 
     Reads what ``head`` reads to score; fitting reads what ``head`` fits on plus ``id``, ``pred`` and
-    ``label`` of val (the calibration target). ``seed`` salts the id hash; it is separate from
-    ``fit_heads.calibration_seed`` so the two splits of val stay independent.
+    ``label`` of val (the calibration target). ``seed`` seeds the id hash, salted apart from the
+    val carve-out and fit_heads' calibration split so every split of val stays independent.
     """
 
     name = "calibrated"
@@ -91,7 +93,10 @@ class Calibrated(UncertaintyHead):
         if val is None:
             raise ValueError("calibrated: needs val (its calibration share fits the map to P(error))")
         cols = select_columns(val, self.fit_requires, who=f"head {self.key!r} (val split)")
-        in_calibration = id_share([str(i) for i in cols["id"]], self.fraction, seed=self.seed)
+        in_calibration = id_share([str(i) for i in cols["id"]], self.fraction, seed=self.seed, salt=SALT)
+        if in_calibration.all() or not in_calibration.any():
+            raise ValueError(f"calibrated: all {len(in_calibration)} val rows fell in one share "
+                             f"(fraction={self.fraction}); val needs more rows")
         calibration = {k: v[in_calibration] for k, v in cols.items()}
         selection = {k: v[~in_calibration] for k, v in cols.items()}
         errors = error_indicator(calibration, who=f"head {self.key!r} (calibration share of val)")
