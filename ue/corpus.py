@@ -150,7 +150,7 @@ def _expand(raw: str) -> list[str]:
     if "://" in raw:
         return [raw]
     path = os.path.abspath(os.path.expanduser(os.path.expandvars(raw)))
-    if not any(c in path for c in "*?["):
+    if not any(c in path for c in "*?[") or os.path.exists(path):  # an existing name is itself, even with [ ]
         return [path]
     matches = sorted(glob.glob(path))
     if not matches:
@@ -334,12 +334,16 @@ class _Rows:
         text = _decode(raw)
         if text is None:
             return self._bad(line, None, "undecodable bytes: the line is not valid UTF-8", raw)
+        if line == 1:
+            text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark opens the file, not the row
         if format == "text":
             return self.add({self.columns.text: text.rstrip("\r")}, line, raw=lambda: text)
         try:
             record = json.loads(text)
         except json.JSONDecodeError as e:
             return self._bad(line, None, f"malformed JSON: {e.msg} (column {e.colno})", raw)
+        except (ValueError, RecursionError) as e:  # e.g. an integer past Python's 4300 digits, [[[... too deep
+            return self._bad(line, None, f"unparsable JSON: {type(e).__name__}: {str(e)[:200]}", raw)
         if not isinstance(record, dict):
             return self._bad(line, None, f"not a JSON object: the line holds {_a(record)}", raw)
         return self.add(record, line, raw=lambda: text)

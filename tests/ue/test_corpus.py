@@ -133,3 +133,29 @@ def test_a_uri_block_reads_like_a_local_one(files: Path):
     local = _read_all(list_inputs([str(files / "b.csv")]), Columns(id="id"), rows_per_block=2, block_bytes=99)
     remote = _read_all(list_inputs([(files / "b.csv").as_uri()]), Columns(id="id"), rows_per_block=2, block_bytes=99)
     assert remote == local
+
+
+def test_json_that_python_cannot_parse_is_quarantined_with_file_and_line(tmp_path: Path):
+    lines = ['{"text": "before", "id": "a"}', '{"text": ' + "9" * 5000 + "}", "[" * 200_000,
+             '{"text": "after", "id": "b"}']
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    block = next(plan_blocks(list_inputs([str(tmp_path / "bad.jsonl")]), rows_per_block=99, block_bytes=1 << 20))
+    rows = read_block(block, Columns(id="id"))
+    assert rows["text"] == ["before", None, None, "after"] and rows["line"] == [1, 2, 3, 4]
+    assert rows["reason"][1].startswith("unparsable JSON: ValueError") and "4300" in rows["reason"][1]
+    assert rows["reason"][2].startswith("unparsable JSON: RecursionError")
+
+
+def test_a_byte_order_mark_opens_the_file_not_the_first_row(tmp_path: Path):
+    for name, text in (("bom.jsonl", '{"text": "first"}\n{"text": "second"}\n'), ("bom.txt", "first\nsecond\n")):
+        (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text.encode())
+        block = next(plan_blocks(list_inputs([str(tmp_path / name)]), rows_per_block=9, block_bytes=1 << 20))
+        rows = read_block(block, Columns())
+        assert rows["text"] == ["first", "second"] and rows["reason"] == [None, None], name
+
+
+def test_an_existing_file_name_with_brackets_is_taken_literally(tmp_path: Path):
+    (tmp_path / "data [v2].jsonl").write_text('{"text": "x"}\n', encoding="utf-8")
+    (tmp_path / "d.jsonl").write_text('{"text": "y"}\n', encoding="utf-8")
+    assert [f.name for f in list_inputs([str(tmp_path / "data [v2].jsonl")])] == ["data [v2].jsonl"]
+    assert [f.name for f in list_inputs([str(tmp_path / "[d].jsonl")])] == ["d.jsonl"]  # not a file: a glob
