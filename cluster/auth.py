@@ -10,15 +10,19 @@ for text that comes back from the cluster.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ue.artifacts import make_private
+
 TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 REDACTED = "<redacted>"
+log = logging.getLogger("ue.auth")
 
 
 def default_token_path() -> Path:
@@ -78,16 +82,25 @@ def find_token(env: Mapping[str, str] | None = None) -> Token | None:
 def ensure_local_token() -> Token:
     """The token a local head should use: an existing one, else a new random one saved (mode 0600)
     at ``~/.ray/auth_token`` where both the head and ``ue`` find it."""
+    path = default_token_path()
+    keep_private(path)
     token = find_token()
     if token is not None:
         return token
-    path = default_token_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)  # an existing empty file may have looser permissions
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(secrets.token_hex(32))
     return find_token()  # type: ignore[return-value]  # just written
+
+
+def keep_private(path: Path) -> None:
+    """Tighten a token file others could read to mode 0600, saying so (Ray's own start writes 0644)."""
+    old = make_private(path)
+    if old is not None:
+        log.warning("%s was mode %o, readable by other users; tightened to 600 (it holds the Ray auth token)",
+                    path, old)
 
 
 def missing_token_message(address: str) -> str:

@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Column
 
+from cluster.auth import default_token_path, keep_private
 from cluster.pipeline import Pipeline, PlannedStage, record_pipeline
 from ue.artifacts import Manifest
 from ue.config import stage_hash
@@ -207,6 +208,7 @@ def _start_ray(num_cpus: int | None) -> bool:
         return init_ray(num_cpus)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
              log_to_driver=os.environ.get("UE_RAY_LOGS", "0") == "1")
+    keep_private(default_token_path())
     return True
 
 

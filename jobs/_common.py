@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from jobs.schemas import FROM_FINETUNE
-from ue.artifacts import Manifest, RunLayout, atomic_write_text
+from ue.artifacts import Manifest, RunLayout, atomic_write_text, make_private
 from ue.config import ConfigError, ConfigModel, dump_config, load_config, stage_hash
 
 C = TypeVar("C", bound=ConfigModel)
@@ -99,4 +99,12 @@ def init_ray(num_cpus: int | None = None) -> bool:
         # `ray start` recorded on this machine, including someone else's.
         kwargs.update(address="local", num_cpus=num_cpus, include_dashboard=False)
     ray.init(**kwargs)
+    _keep_token_private()
     return True
+
+
+def _keep_token_private() -> None:
+    """Ray's own start writes ``~/.ray/auth_token`` with mode 0644: make it 0600."""
+    old = make_private(Path.home() / ".ray" / "auth_token")
+    if old is not None:
+        log.warning("~/.ray/auth_token was mode %o; tightened to 600 (it holds the Ray auth token)", old)

@@ -39,6 +39,21 @@ def _umask() -> int:
     return mask
 
 
+def make_private(path: str | os.PathLike) -> int | None:
+    """Make ``path`` readable by its owner only (mode 0600) if group or others may read it.
+
+    Returns the mode it had when it was tightened, None when it was already private or is missing.
+    """
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        return None
+    if not mode & 0o077:
+        return None
+    os.chmod(path, 0o600)
+    return mode
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)

@@ -51,3 +51,38 @@ def test_a_local_token_is_created_private_once(tmp_path: Path, monkeypatch: pyte
     path = tmp_path / ".ray" / "auth_token"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(first.value) == 64
     assert ensure_local_token() == first
+
+
+def test_a_token_file_others_can_read_is_tightened_with_a_warning(tmp_path: Path, monkeypatch, caplog):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / ".ray" / "auth_token"
+    path.parent.mkdir()
+    path.write_text(SECRET)
+    path.chmod(0o644)  # as Ray's own start leaves it
+    with caplog.at_level("WARNING", logger="ue.auth"):
+        assert ensure_local_token().value == SECRET
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "was mode 644" in caplog.text and SECRET not in caplog.text
+    caplog.clear()
+    ensure_local_token()
+    assert not caplog.text  # already private: nothing to say
+
+
+def test_an_embedded_ray_start_leaves_the_token_file_private(tmp_path: Path, monkeypatch):
+    import ray
+
+    from jobs._common import init_ray
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    path = tmp_path / ".ray" / "auth_token"
+    path.parent.mkdir()
+    path.write_text(SECRET)
+    path.chmod(0o644)
+    try:
+        assert init_ray(num_cpus=1)
+    finally:
+        ray.shutdown()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
