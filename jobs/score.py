@@ -14,7 +14,8 @@ Recipe:
    writes ``scores/quarantine/<block>.parquet`` (bad rows, if any), ``scores/<block>.parquet`` and
    last ``scores/progress/<block>.json``, each atomically. The driver logs progress and rows/s.
 3. The summary: counts of rows scored, quarantined, truncated and accepted, summed from the progress
-   records into ``scores/summary.json``.
+   records into ``scores/summary.json``, and the rows whose id repeats an earlier one (kept and scored,
+   counted as ``duplicate_ids`` with examples, and warned about).
 
 Exactly once: blocks are a pure function of the files' bytes and the config, every block writes
 under its own deterministic name, and its progress record is written only after its shards. A
@@ -44,7 +45,7 @@ from jobs._common import adapter_dir, init_ray, job_main, run_stage
 from jobs.schemas.score import Config
 from ue.artifacts import RunLayout, atomic_write_json, read_json
 from ue.corpus import ROW_FIELDS, Block, Columns, InputFile, list_inputs, plan_blocks, read_block
-from ue.scoring import POST_HOC_HEADS, QUARANTINE_SCHEMA, calibrate, score_schema
+from ue.scoring import POST_HOC_HEADS, QUARANTINE_SCHEMA, calibrate, duplicate_ids, score_schema
 from ue.selective import Threshold
 
 log = logging.getLogger("ue.jobs.score")
@@ -346,9 +347,13 @@ def _summarise(layout: RunLayout, blocks: list[Block], threshold: Threshold | No
     records = [read_json(progress / f"{b.name}.json") for b in blocks]
     totals = {k: sum(r[k] for r in records) for k in ("rows", "scored", "quarantined", "truncated")}
     accepted = None if threshold is None else sum(r["accepted"] for r in records)
+    duplicates, examples = duplicate_ids(layout.scores_dir)
+    if duplicates:
+        log.warning("score: %d row(s) repeat an id seen earlier (kept and scored; e.g. %s)", duplicates,
+                    ", ".join(map(repr, examples)))
     return {
         "scores": str(layout.scores_dir), "quarantine": str(layout.quarantine_dir), "blocks": len(blocks),
-        **totals, "accepted": accepted,
+        **totals, "accepted": accepted, "duplicate_ids": duplicates, "duplicate_id_examples": examples,
         "coverage": None if accepted is None else accepted / max(totals["scored"], 1),
         "threshold": None if threshold is None else asdict(threshold),
         "seconds": round(seconds, 3), "rows_this_run": rows_now, "rows_per_s": round(rows_now / max(seconds, 1e-9), 1),

@@ -142,6 +142,22 @@ def read_scores(directory: str | os.PathLike, columns: Sequence[str] | None = No
     return pa.concat_tables([pq.read_table(f, columns=list(columns) if columns else None) for f in files])
 
 
+def duplicate_ids(directory: str | os.PathLike, *, examples: int = 5) -> tuple[int, list[str]]:
+    """Rows of the shards in ``directory`` whose id an earlier row (in shard order) already had, and
+    the first ``examples`` such ids. Duplicates are kept and scored (each row is scored as given);
+    the score summary counts them so a user who expects unique ids sees that they are not."""
+    import pyarrow.compute as pc
+
+    files = shard_files(directory)
+    if not files:
+        return 0, []
+    ids = read_scores(directory, columns=["id"])["id"]
+    counts = pc.value_counts(ids)
+    repeated = pc.filter(counts, pc.greater(counts.field("counts"), 1))
+    extra = int(pc.sum(pc.subtract(repeated.field("counts"), 1)).as_py() or 0)
+    return extra, repeated.field("values").to_pylist()[:examples]
+
+
 def read_quarantine(directory: str | os.PathLike) -> pa.Table:
     """Every bad row set aside in ``directory`` (``scores/quarantine/``); empty when there were none."""
     import pyarrow.parquet as pq

@@ -64,6 +64,7 @@ def test_every_good_row_is_scored_once_and_every_bad_row_quarantined_with_its_re
                                                                                 len(expected["bad"]), 1)
     assert summary["rows"] == summary["scored"] + summary["quarantined"]
     assert summary["accepted"] == int(scores["accept"].sum())
+    assert summary["duplicate_ids"] == len(scores) - scores["id"].nunique()
     assert json.loads((layout.scores_dir / "summary.json").read_text())["rows"] == summary["rows"]
     assert Manifest(layout).is_done("score")
 

@@ -15,6 +15,7 @@ from ue.models import load_tokenizer
 from ue.scoring import (
     QUARANTINE_SCHEMA,
     calibrate,
+    duplicate_ids,
     encode_flagging_truncation,
     read_quarantine,
     read_scores,
@@ -93,3 +94,13 @@ def test_reading_shards_skips_everything_else(tmp_path):
     assert read_quarantine(tmp_path / "quarantine").schema == QUARANTINE_SCHEMA
     with pytest.raises(FileNotFoundError, match="run the score stage"):
         read_scores(tmp_path / "progress")
+
+
+def test_repeated_ids_across_shards_are_counted_once_per_extra_copy(tmp_path):
+    schema = score_schema([], ood=False, with_accept=False)
+    for k, ids in enumerate((["a", "dup1", "b"], ["dup1", "c", "dup2"], ["dup1", "dup2"])):
+        table = pa.table({"id": ids, "pred": [0] * len(ids), "confidence": [0.5] * len(ids),
+                          "truncated": [False] * len(ids)}, schema=schema)
+        pq.write_table(table, tmp_path / f"part-00000-{k:06d}.parquet")
+    assert duplicate_ids(tmp_path) == (3, ["dup1", "dup2"])  # dup1: 2 extra copies, dup2: 1
+    assert duplicate_ids(tmp_path / "none") == (0, [])
