@@ -29,7 +29,7 @@ from rich.table import Column
 
 from cluster.auth import default_token_path, keep_private
 from cluster.pipeline import Pipeline, PlannedStage, record_pipeline
-from ue.artifacts import Manifest
+from ue.artifacts import Manifest, run_lock
 from ue.config import stage_hash
 
 TAIL_LINES = 25
@@ -224,6 +224,7 @@ def run_embedded(
 
     Raises:
         StageFailed: for the first stage that fails on its last attempt (later stages do not run).
+        RunLocked: another process holds the run directory (nothing is written).
     """
     if not pipe.is_local:
         raise ValueError(f"embedded runs need a local root, not {pipe.root}; use `ue submit` for remote storage")
@@ -233,6 +234,12 @@ def run_embedded(
         # With output captured, fd 1 points at a log file during stages; draw on a copy of the terminal.
         console = (Console(file=os.fdopen(os.dup(_terminal_fd()), "w", buffering=1), highlight=False) if capture
                    else Console(highlight=False))
+    with run_lock(pipe.layout.run_dir, holder=f"ue run {pipe.path}"):
+        return _run_all(pipe, console, capture, num_cpus, sleep)
+
+
+def _run_all(pipe: Pipeline, console: Console, capture: bool, num_cpus: int | None,
+             sleep: Callable[[float], None]) -> list[StageOutcome]:
     logs = pipe.layout.run_dir / "logs"
     record_pipeline(pipe.layout, file=str(pipe.path), mode="embedded", stages=[s.name for s in pipe.stages],
                     started=time.time())

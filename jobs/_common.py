@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from jobs.schemas import FROM_FINETUNE
-from ue.artifacts import Manifest, RunLayout, atomic_write_text, make_private
+from ue.artifacts import Manifest, RunLayout, atomic_write_text, make_private, run_lock
 from ue.config import ConfigError, ConfigModel, dump_config, load_config, stage_hash
 
 C = TypeVar("C", bound=ConfigModel)
@@ -66,8 +66,14 @@ def stage_layout(cfg: Any) -> RunLayout:
 
 def run_stage(stage: str, cfg: C, body: Callable[[RunLayout], dict[str, Any]]) -> dict[str, Any]:
     """Run ``body`` under manifest bookkeeping: skip when done with the same config, else mark
-    running -> done (with outputs and timing) or failed (with the error), and save the config."""
+    running -> done (with outputs and timing) or failed (with the error), and save the config.
+    The run's lock (``ue.artifacts.run_lock``) is held throughout: a second writer fails at once."""
     layout = stage_layout(cfg)
+    with run_lock(layout.run_dir, holder=f"stage {stage} of run {layout.run_id}"):
+        return _run_locked(stage, cfg, body, layout)
+
+
+def _run_locked(stage: str, cfg: C, body: Callable[[RunLayout], dict[str, Any]], layout: RunLayout) -> dict[str, Any]:
     manifest = Manifest(layout)
     digest = stage_hash(cfg)
     if not cfg.run.force and manifest.is_done(stage, digest):

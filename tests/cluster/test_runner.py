@@ -111,3 +111,21 @@ def test_killing_the_driver_midway_and_rerunning_finishes_the_run(tmp_path: Path
     assert "toy_a      skipped" in proc.stdout and "toy_b      done" in proc.stdout
     assert [runs_of(tmp_path, "e5", s) for s in ("toy_a", "toy_b", "toy_c")] == [1, 2, 1]
     assert all(_manifest_status(manifest, s) == "done" for s in ("toy_a", "toy_b", "toy_c"))
+
+
+def test_a_second_ue_run_on_a_busy_run_directory_stops_at_once_and_writes_nothing(tmp_path: Path, env: dict):
+    path = write_pipeline(tmp_path / "p.yaml", "busy", tmp_path, [{"stage": "toy_a"}])
+    hold = ("import sys, time; from ue.artifacts import run_lock\n"
+            "with run_lock(sys.argv[1], holder='ue run other.yaml'):\n    print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "busy")], stdout=subprocess.PIPE, text=True,
+                              cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = ue("run", str(path), env=env)
+        assert proc.returncode == 1
+        assert "is in use: ue run other.yaml (pid" in proc.stdout + proc.stderr
+        assert not (tmp_path / "busy" / "manifest.json").exists() and runs_of(tmp_path, "busy", "toy_a") == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [o.status for o in _run(path)] == ["done"]  # free again once the holder is gone
