@@ -26,6 +26,7 @@ import csv
 import glob
 import io
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+log = logging.getLogger("ue.corpus")
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet",
            ".txt": "text"}
 """File suffix -> format when ``format="auto"``."""
@@ -120,6 +122,10 @@ def list_inputs(paths: Sequence[str], *, format: str = "auto", derived_ids: bool
             if info.type == pafs.FileType.Directory:
                 found = fs.get_file_info(pafs.FileSelector(where, recursive=False))
                 infos = sorted((i for i in found if i.is_file and _suffix(i.path) in FORMATS), key=lambda i: i.path)
+                skipped = sorted(i.path for i in found if i.is_file and _suffix(i.path) not in FORMATS)
+                if skipped:
+                    log.warning("corpus folder %s: skipping %d file(s) that are not %s: %s", path, len(skipped),
+                                "/".join(FORMATS), ", ".join(_file_name(f) for f in skipped[:10]))
                 if not infos:
                     raise FileNotFoundError(f"corpus folder {path} holds no {', '.join(FORMATS)} file")
             for i in infos:
@@ -352,6 +358,9 @@ class _Rows:
         text = _decode(raw)
         if text is None:
             return self._bad(line, None, "undecodable bytes: the record is not valid UTF-8", raw)
+        # The csv module refuses fields over 128 KiB; a long JSONL text is scored (cut to max_chars), so
+        # is a long CSV field: the block's byte limit already bounds what one record can hold.
+        csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
         try:
             records = list(csv.reader(io.StringIO(text, newline="")))
         except csv.Error as e:

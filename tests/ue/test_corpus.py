@@ -159,3 +159,24 @@ def test_an_existing_file_name_with_brackets_is_taken_literally(tmp_path: Path):
     (tmp_path / "d.jsonl").write_text('{"text": "y"}\n', encoding="utf-8")
     assert [f.name for f in list_inputs([str(tmp_path / "data [v2].jsonl")])] == ["data [v2].jsonl"]
     assert [f.name for f in list_inputs([str(tmp_path / "[d].jsonl")])] == ["d.jsonl"]  # not a file: a glob
+
+
+def test_a_one_megabyte_csv_field_is_read_like_the_same_jsonl_text(tmp_path: Path):
+    long = "word " * 200_000
+    (tmp_path / "big.csv").write_text(f'id,text\nbig,"{long}"\nsmall,fine\n', encoding="utf-8")
+    (tmp_path / "big.jsonl").write_text(json.dumps({"id": "big", "text": long}) + "\n", encoding="utf-8")
+    for name in ("big.csv", "big.jsonl"):
+        block = next(plan_blocks(list_inputs([str(tmp_path / name)]), rows_per_block=9, block_bytes=4 << 20))
+        rows = read_block(block, Columns(id="id"))
+        assert rows["text"][0] == long and rows["reason"][0] is None, name
+
+
+def test_files_a_folder_holds_in_other_formats_are_listed_as_skipped(tmp_path: Path, caplog):
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n', encoding="utf-8")
+    (tmp_path / "b.jsonl.gz").write_bytes(b"\x1f\x8b")
+    (tmp_path / "notes.md").write_text("#", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="ue.corpus"):
+        assert [f.name for f in list_inputs([str(tmp_path)])] == ["a.jsonl"]
+    assert "skipping 2 file(s)" in caplog.text and "b.jsonl.gz, notes.md" in caplog.text
+    with pytest.raises(ValueError, match="compressed files cannot be cut into blocks"):
+        list_inputs([str(tmp_path / "b.jsonl.gz")])
