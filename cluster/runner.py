@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -131,6 +132,20 @@ def _output_to(path: Path | None) -> Iterator[None]:
     finally:
         os.close(saved[0])
         os.close(saved[1])
+
+
+@contextmanager
+def _own_sigint() -> Iterator[None]:
+    """Give SIGINT back its handler after a stage: Ray Tune installs its own and leaves it behind, so
+    a Ctrl-C during a later stage was ignored and the run ended with rc 0."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved)
 
 
 class _Display:
@@ -280,7 +295,8 @@ def _run_stage(
         display.start(stage.name, attempt)
         started = time.monotonic()
         try:
-            with display.tail(stage.name, log if capture else None), _output_to(log if capture else None):
+            sink = log if capture else None
+            with _own_sigint(), display.tail(stage.name, sink), _output_to(sink):
                 print(f"=== {stage.name} attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
                 try:
                     # Imported per attempt: an import error (say, a module mid-edit) is a failed attempt too.

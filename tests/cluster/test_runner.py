@@ -129,3 +129,11 @@ def test_a_second_ue_run_on_a_busy_run_directory_stops_at_once_and_writes_nothin
         holder.kill()
         holder.wait()
     assert [o.status for o in _run(path)] == ["done"]  # free again once the holder is gone
+
+
+def test_a_stage_that_leaves_sigint_ignored_does_not_disarm_ctrl_c_for_the_next(tmp_path: Path):
+    before = signal.getsignal(signal.SIGINT)
+    path = write_pipeline(tmp_path / "p.yaml", "sig", tmp_path, [
+        {"stage": "toy_a", "config": {"ignore_sigint": True}}, {"stage": "toy_b"}])
+    assert [o.status for o in _run(path)] == ["done", "done"]
+    assert signal.getsignal(signal.SIGINT) is before is signal.default_int_handler

@@ -6,6 +6,7 @@ Registered only by the tests (``register()``), never by the product. As a Ray Jo
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ class Config(ConfigModel):
     seconds: float = Field(0.0, ge=0, description="How long the stage sleeps.")
     fail_times: int = Field(0, ge=0, description="Fail this many attempts before succeeding.")
     message: str = "hello from a toy stage"
+    ignore_sigint: bool = Field(False, description="Leave SIGINT ignored, as Ray Tune's leftover handler does.")
 
 
 def count_file(layout: RunLayout, stage: str) -> Path:
@@ -47,6 +49,8 @@ def _make_run(stage: str) -> Any:
                 f.write(f"{time.time()}\n")
             attempt = len(path.read_text().splitlines())
             print(f"{stage}: {cfg.message} (attempt {attempt})", flush=True)
+            if cfg.ignore_sigint:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
             time.sleep(cfg.seconds)
             if attempt <= cfg.fail_times:
                 raise RuntimeError(f"{stage} fails on purpose (attempt {attempt} of {cfg.fail_times} failures)")
