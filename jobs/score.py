@@ -246,8 +246,11 @@ class BlockScorer:
         self.cfg, self.scores_dir = cfg, Path(scores_dir)
         self.device = "cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu"
         self.tokenizer = load_tokenizer(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
+        # Without an adapter the checkpoint must bring its classifier: a random one scores noise.
+        refuse = adapter is None and not cfg.model.allow_new_weights
         model = load_model(cfg.model.name_or_path, task=cfg.model.task, num_labels=num_labels, dtype=cfg.model.dtype,
-                           pad_token_id=self.tokenizer.pad_token_id, trust_remote_code=cfg.model.trust_remote_code)
+                           pad_token_id=self.tokenizer.pad_token_id, trust_remote_code=cfg.model.trust_remote_code,
+                           new_weights="refuse" if refuse else "allow", seed=cfg.model.init_seed)
         if adapter is not None:
             model = load_adapter(model, adapter).merge_and_unload()  # folding LoRA in makes each forward cheaper
         self.model = model.eval().to(self.device)

@@ -67,15 +67,35 @@ def load_model(
     pad_token_id: int | None = None,
     gradient_checkpointing: bool = False,
     trust_remote_code: bool = False,
+    new_weights: str = "allow",
+    seed: int | None = None,
 ) -> nn.Module:
-    """A ``transformers`` model for ``task`` (sequence/token classification or causal LM)."""
+    """A ``transformers`` model for ``task`` (sequence/token classification or causal LM).
+
+    Weights the checkpoint lacks (say, the classifier of a base encoder) are initialised at random by
+    transformers; ``new_weights="refuse"`` raises a ValueError naming them instead (scoring with such a
+    head gives noise). ``seed`` makes that initialisation the same in every process.
+    """
     import transformers
 
     auto = getattr(transformers, AUTO_CLASSES[task])
-    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code,
+                              "output_loading_info": True}
     if task != "causal_lm":
         kwargs["num_labels"] = num_labels
-    model = auto.from_pretrained(resolve_model_path(name_or_path), **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model, info = auto.from_pretrained(resolve_model_path(name_or_path), **kwargs)
+    missing = sorted(info.get("missing_keys") or ())
+    if missing and new_weights == "refuse":
+        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        raise ValueError(
+            f"{name_or_path}: the checkpoint has no trained weights for {shown}; transformers would initialise "
+            "them at random, so every prediction would be noise (and differ from run to run). Use a fine-tuned "
+            "checkpoint or this run's adapter (adapter: finetune), or set model.allow_new_weights: true to "
+            "accept a random head seeded by model.init_seed"
+        )
     if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad_token_id
     if gradient_checkpointing:

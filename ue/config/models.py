@@ -129,6 +129,10 @@ class ModelConfig(ConfigModel):
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
     trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint.")
+    allow_new_weights: bool = Field(
+        False, description="Scoring without an adapter: accept weights the checkpoint lacks (e.g. the classifier of "
+        "a base encoder), initialised at random from init_seed. Off: such a model is refused.")
+    init_seed: int = Field(0, description="Seed of weights the checkpoint lacks, the same in every worker.")
 
     @field_validator("name_or_path")
     @classmethod
