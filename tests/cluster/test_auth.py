@@ -70,19 +70,20 @@ def test_a_token_file_others_can_read_is_tightened_with_a_warning(tmp_path: Path
     assert not caplog.text  # already private: nothing to say
 
 
-def test_an_embedded_ray_start_leaves_the_token_file_private(tmp_path: Path, monkeypatch):
-    import ray
+def test_an_embedded_ray_start_leaves_the_token_file_private(tmp_path: Path):
+    """In a subprocess: Ray caches the token it read per process, and this one is a fake for a fake HOME."""
+    import os
+    import subprocess
+    import sys
 
-    from jobs._common import init_ray
-
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     path = tmp_path / ".ray" / "auth_token"
     path.parent.mkdir()
     path.write_text(SECRET)
     path.chmod(0o644)
-    try:
-        assert init_ray(num_cpus=1)
-    finally:
-        ray.shutdown()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"HOME": str(tmp_path)}
+    code = "import ray; from jobs._common import init_ray; assert init_ray(num_cpus=1); ray.shutdown()"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert SECRET not in proc.stdout + proc.stderr
