@@ -12,6 +12,12 @@ DEFAULT_HEADS = ("msp", "entropy", "temperature", "mahalanobis", "relative_mahal
 """Every registered head at its default settings (a test keeps this equal to ``ue.heads.HEADS``)."""
 
 
+def _share_of_val(value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise ValueError("must be in (0, 1); 0.5 splits val in halves")
+    return value
+
+
 class HeadEntry(HeadSpec):
     """A head to fit; ``save_as`` lets one run hold several settings of the same head."""
 
@@ -28,9 +34,7 @@ class HeadEntry(HeadSpec):
     @field_validator("calibrate_fraction")
     @classmethod
     def _calibration_share(cls, value: float) -> float:
-        if not 0.0 < value < 1.0:
-            raise ValueError("must be in (0, 1); 0.5 halves val")
-        return value
+        return _share_of_val(value)
 
     @field_validator("save_as")
     @classmethod
@@ -84,9 +88,7 @@ class Config(ConfigModel):
     @field_validator("calibration_fraction")
     @classmethod
     def _proper_fraction(cls, value: float) -> float:
-        if not 0.0 < value < 1.0:
-            raise ValueError("must be in (0, 1); 0.5 splits val in halves")
-        return value
+        return _share_of_val(value)
 
     @field_validator("cpus_per_head", "ece_bins")
     @classmethod

@@ -99,7 +99,16 @@ class UncertaintyHead:
             save_file(tensors, str(tmp / "head.safetensors"))
             doc = {"name": self.name, "params": self._json_params(), "state": self._state_meta()}
             (tmp / "head.json").write_text(_dumps(doc), encoding="utf-8")
+            self._save_parts(tmp)
         return Path(directory)
+
+    def _save_parts(self, directory: Path) -> None:
+        """Extra files of a head that holds other heads (``Calibrated``: its base in ``base/``)."""
+
+    @classmethod
+    def _load_parts(cls, directory: Path) -> dict[str, Any]:
+        """Constructor arguments read back from what :meth:`_save_parts` wrote."""
+        return {}
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> UncertaintyHead:
@@ -109,7 +118,7 @@ class UncertaintyHead:
         doc = read_json(Path(directory) / "head.json")
         if doc.get("name") != cls.name:
             raise ValueError(f"{directory}: holds head {doc.get('name')!r}, not {cls.name!r}")
-        head = cls(**doc["params"])
+        head = cls(**doc["params"], **cls._load_parts(Path(directory)))
         head._restore(load_file(str(Path(directory) / "head.safetensors")), doc.get("state", {}))
         return head
 

@@ -28,7 +28,6 @@ accept/abstain threshold reads a number in [0, 1]. Higher = more uncertain, as f
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,10 +35,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ue.artifacts import atomic_directory, read_json
 from ue.data import id_share
 from ue.features import error_indicator, select_columns
-from ue.heads.base import UncertaintyHead, _dumps
+from ue.heads.base import UncertaintyHead
 
 METHODS = ("beta", "platt", "isotonic")
 SALT = "calibrated:"
@@ -188,39 +186,24 @@ class Calibrated(UncertaintyHead):
             return {}
         return {"knots_x": torch.from_numpy(self.knots_x_), "knots_y": torch.from_numpy(self.knots_y_)}
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        """``head.json`` (the map) + ``head.safetensors`` (isotonic knots) + the fitted head in ``base/``."""
-        from safetensors.torch import save_file
-
-        self._check_fitted()
-        with atomic_directory(directory) as tmp:
-            self.head.save(tmp / "base")
-            save_file({k: v.contiguous() for k, v in self._state_tensors().items()}, str(tmp / "head.safetensors"))
-            doc = {"name": self.name, "params": self.get_params(), "state": self._state_meta()}
-            (tmp / "head.json").write_text(_dumps(doc), encoding="utf-8")
-        return Path(directory)
+    def _save_parts(self, directory: Path) -> None:
+        self.head.save(directory / "base")
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> Calibrated:
-        from safetensors.torch import load_file
-
+    def _load_parts(cls, directory: Path) -> dict[str, Any]:
         from ue.heads import load_head
 
-        doc = read_json(Path(directory) / "head.json")
-        if doc.get("name") != cls.name:
-            raise ValueError(f"{directory}: holds head {doc.get('name')!r}, not {cls.name!r}")
-        self = cls(head=load_head(Path(directory) / "base"), **doc["params"])
-        state = doc["state"]
-        self.n_calibration_ = int(state["n_calibration"])
+        return {"head": load_head(directory / "base")}
+
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.n_calibration_ = int(meta["n_calibration"])
         if self.method == "beta":
-            self.beta_coef_, self.intercept_ = [float(c) for c in state["coef"]], float(state["intercept"])
+            self.beta_coef_, self.intercept_ = [float(c) for c in meta["coef"]], float(meta["intercept"])
         elif self.method == "platt":
-            self.center_, self.scale_ = float(state["center"]), float(state["scale"])
-            self.slope_, self.intercept_ = float(state["slope"]), float(state["intercept"])
+            self.center_, self.scale_ = float(meta["center"]), float(meta["scale"])
+            self.slope_, self.intercept_ = float(meta["slope"]), float(meta["intercept"])
         else:
-            tensors = load_file(str(Path(directory) / "head.safetensors"))
             self.knots_x_, self.knots_y_ = tensors["knots_x"].numpy(), tensors["knots_y"].numpy()
-        return self
 
 
 def _beta_features(raw: np.ndarray) -> np.ndarray:
