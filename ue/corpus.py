@@ -8,8 +8,11 @@ the two limits, so a rerun finds the same blocks under the same names (the unit 
 
 - JSONL and text: runs of whole lines, at most ``rows_per_block`` lines, cut at the first line end
   past ``block_bytes``; CSV the same over records (a newline inside double quotes does not end a
-  record, RFC 4180), after the header record. Planning streams each file once in 8 MiB chunks and
-  keeps only the boundaries and the line number each block starts at.
+  record, RFC 4180), after the header record. A quote that opens a multi-line record must close into
+  one valid record with the header's field count within :data:`MAX_QUOTED_BYTES`; otherwise (an
+  unclosed quote) the record is its first line alone, quarantined, and reading recovers at the next
+  line, so one broken quote cannot swallow the rest of the file. Planning streams each file once in
+  8 MiB chunks and keeps only the boundaries and the line number each block starts at.
 - Parquet: row ranges of at most ``rows_per_block`` rows inside one row group (only footers are read).
 
 :func:`read_block` parses one block. Blank lines are not rows. Every other record becomes a good row
@@ -41,6 +44,8 @@ FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv
            ".txt": "text"}
 """File suffix -> format when ``format="auto"``."""
 CHUNK_BYTES = 8 << 20
+MAX_QUOTED_BYTES = 8 << 20
+"""The longest CSV record that may span lines (a quoted field with newlines)."""
 RAW_CHARS = 500
 """A bad row keeps this many characters of its raw content, to show what was wrong."""
 ROW_FIELDS = ("id", "text", "text_pair", "line", "reason", "raw")
@@ -224,7 +229,7 @@ def _line_blocks(f: InputFile, file_index: int, rows: int, max_bytes: int) -> It
     need_header = f.format == "csv"
     start, line, count, index = 0, 1, 0, 0
     with fs.open_input_stream(where) as stream:
-        for ends, newlines_before, newlines in _record_ends(stream, csv_quotes=f.format == "csv"):
+        for ends, newlines_before, newlines in (_csv_ends(stream) if f.format == "csv" else _line_ends(stream)):
             i = 0
             if need_header and len(ends):  # the first record is the header; blocks start after it
                 header, start, i, need_header = _read_header(fs, where, int(ends[0])), int(ends[0]), 1, False
@@ -243,20 +248,98 @@ def _line_blocks(f: InputFile, file_index: int, rows: int, max_bytes: int) -> It
         yield Block(f.path, f.format, file_index, index, start, f.size, line, header)
 
 
-def _record_ends(stream: Any, *, csv_quotes: bool) -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
-    """Per chunk: offsets just past each record-ending newline, the newlines before the chunk and
-    the offsets just past each newline in it (the two differ for CSV records with quoted newlines)."""
-    base, quotes, newlines_before = 0, 0, 0
+def _line_ends(stream: Any) -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
+    """Per chunk: offsets just past each newline, the newlines before the chunk and (the same) the
+    offsets just past each newline in it."""
+    base, newlines_before = 0, 0
     while chunk := stream.read(CHUNK_BYTES):
-        buf = np.frombuffer(chunk, np.uint8)
-        newlines = np.flatnonzero(buf == 10)
-        ends = newlines
-        if csv_quotes:
-            q = np.flatnonzero(buf == 34)
-            ends = newlines[(np.searchsorted(q, newlines) + quotes) % 2 == 0]  # even quotes: outside a field
-            quotes += len(q)
-        yield ends + base + 1, newlines_before, newlines + base + 1
-        base, newlines_before = base + len(chunk), newlines_before + len(newlines)
+        ends = np.flatnonzero(np.frombuffer(chunk, np.uint8) == 10) + base + 1
+        yield ends, newlines_before, ends
+        base, newlines_before = base + len(chunk), newlines_before + len(ends)
+
+
+def _csv_ends(stream: Any) -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
+    """Per chunk: offsets just past each CSV record (the header first), the newlines before the
+    chunk and the offsets just past each newline in it. A record still open at a chunk's end is
+    carried into the next chunk (at most :data:`MAX_QUOTED_BYTES` of it)."""
+    pending, base, newlines_before, fields = b"", 0, 0, None
+    while True:
+        chunk = stream.read(CHUNK_BYTES)
+        buf = pending + chunk
+        if not buf:
+            return
+        ends, fields, used = csv_record_ends(buf, fields=fields, final=not chunk)
+        newlines = np.flatnonzero(np.frombuffer(buf, np.uint8, count=used) == 10) + base + 1
+        yield ends + base, newlines_before, newlines
+        pending, base, newlines_before = buf[used:], base + used, newlines_before + len(newlines)
+        if not chunk:
+            return
+
+
+def csv_record_ends(data: bytes, *, fields: int | None, final: bool) -> tuple[np.ndarray, int | None, int]:
+    """Where the CSV records of ``data`` (which starts at a record) end: ``(ends, fields, used)``.
+
+    ``ends`` are offsets just past each record; ``fields`` is the header's field count (with
+    ``fields=None`` the first record is the header and its count is returned); ``used`` is where
+    the records found stop. Unless ``final``, a record that may continue past ``data`` is left
+    unread (``used`` is its start). A line with an odd number of double quotes opens a record that
+    ends on the next such line, if the lines between parse strictly as one record of ``fields``
+    fields within :data:`MAX_QUOTED_BYTES`; otherwise the line alone is the record (a broken one),
+    so planning and reading recover at the next line whatever follows. Decisions depend only on the
+    bytes from the record's start, so a block read alone is cut exactly as the planner cut it.
+    """
+    buf = np.frombuffer(data, np.uint8)
+    line_ends = np.flatnonzero(buf == 10) + 1
+    if final and len(buf) and buf[-1] != 10:
+        line_ends = np.append(line_ends, len(buf))
+    quotes_before = np.searchsorted(np.flatnonzero(buf == 34), line_ends)
+    odd = np.flatnonzero(np.diff(quotes_before, prepend=0) % 2 == 1)
+    pieces: list[np.ndarray] = []
+    pos, used = 0, 0
+    while pos < len(line_ends):
+        j = int(np.searchsorted(odd, pos))
+        k = int(odd[j]) if j < len(odd) else len(line_ends)
+        if fields is not None and k > pos:  # lines with balanced quotes: one record each
+            pieces.append(line_ends[pos:k])
+            pos, used = k, int(line_ends[k - 1])
+            continue
+        start, last = used, pos
+        if k == pos:
+            closes = int(odd[j + 1]) if j + 1 < len(odd) else None
+            if closes is None and not final and len(buf) - start <= MAX_QUOTED_BYTES:
+                break  # the quote may close in the next chunk
+            if (closes is not None and line_ends[closes] - start <= MAX_QUOTED_BYTES
+                    and _one_record(data[start:line_ends[closes]], fields)):
+                last = closes
+        if fields is None:
+            fields = _field_count(data[start:line_ends[last]])
+        pieces.append(line_ends[last:last + 1])
+        pos, used = last + 1, int(line_ends[last])
+    ends = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+    return ends, fields, used
+
+
+def _parse_csv(raw: bytes, *, strict: bool) -> list[list[str]]:
+    text = raw.decode("utf-8", errors="replace")
+    # The csv module refuses fields over 128 KiB; the caller bounds what one record can hold.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
+    return list(csv.reader(io.StringIO(text, newline=""), strict=strict))
+
+
+def _one_record(raw: bytes, fields: int | None) -> bool:
+    try:
+        records = _parse_csv(raw, strict=True)
+    except csv.Error:
+        return False
+    return len(records) == 1 and (fields is None or len(records[0]) == fields)
+
+
+def _field_count(raw: bytes) -> int:
+    try:
+        records = _parse_csv(raw, strict=False)
+    except csv.Error:
+        return 0
+    return len(records[0]) if records else 0
 
 
 def _read_header(fs: pafs.FileSystem, where: str, end: int) -> tuple[str, ...]:
@@ -290,12 +373,7 @@ def read_block(block: Block, columns: Columns) -> dict[str, list[Any]]:
 
 
 def _read_csv(data: bytes, block: Block, rows: _Rows) -> None:
-    buf = np.frombuffer(data, np.uint8)
-    newlines = np.flatnonzero(buf == 10)
-    quotes_before = np.searchsorted(np.flatnonzero(buf == 34), newlines)
-    ends = [0, *(newlines[quotes_before % 2 == 0] + 1).tolist()]
-    if ends[-1] < len(data):
-        ends.append(len(data))
+    ends = [0, *csv_record_ends(data, fields=len(block.header), final=True)[0].tolist()]
     line = block.first_line
     for a, b in zip(ends[:-1], ends[1:], strict=True):
         raw = data[a:b]
@@ -358,11 +436,12 @@ class _Rows:
         text = _decode(raw)
         if text is None:
             return self._bad(line, None, "undecodable bytes: the record is not valid UTF-8", raw)
-        # The csv module refuses fields over 128 KiB; a long JSONL text is scored (cut to max_chars), so
-        # is a long CSV field: the block's byte limit already bounds what one record can hold.
-        csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
+        if raw.count(b'"') % 2:
+            return self._bad(line, None, "malformed CSV record: a double quote that does not close (reading "
+                             "goes on at the next line)", raw)
         try:
-            records = list(csv.reader(io.StringIO(text, newline="")))
+            # Strict: a stray character after a closing quote is a broken record, not a guess.
+            records = _parse_csv(raw, strict=True)
         except csv.Error as e:
             return self._bad(line, None, f"malformed CSV record: {e}", raw)
         if len(records) != 1:

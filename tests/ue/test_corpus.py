@@ -180,3 +180,36 @@ def test_files_a_folder_holds_in_other_formats_are_listed_as_skipped(tmp_path: P
     assert "skipping 2 file(s)" in caplog.text and "b.jsonl.gz, notes.md" in caplog.text
     with pytest.raises(ValueError, match="compressed files cannot be cut into blocks"):
         list_inputs([str(tmp_path / "b.jsonl.gz")])
+
+
+def test_an_unclosed_quote_loses_one_record_and_reading_recovers_at_the_next_line(tmp_path: Path):
+    records = [f"r{i},text {i}" for i in range(5000)]
+    records[10] = 'r10,"an unclosed quote'
+    (tmp_path / "q.csv").write_text("id,text\n" + "\n".join(records) + "\n", encoding="utf-8")
+    files = list_inputs([str(tmp_path / "q.csv")])
+    blocks = list(plan_blocks(files, rows_per_block=100, block_bytes=10**9))
+    assert len(blocks) == 50  # rows_per_block holds past the broken record
+    rows = _read_all(files, Columns(id="id"), rows_per_block=100, block_bytes=10**9)
+    assert len(rows) == 5000
+    assert [r for r in rows if r[4]] == [("q.csv", 12, None, None, "malformed CSV record")]
+    assert rows[11] == ("q.csv", 13, "r11", "text 11", None) and rows[-1] == ("q.csv", 5001, "r4999", "text 4999", None)
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1 << 20])
+def test_a_quote_that_closes_into_a_broken_record_is_cut_back_to_its_line(tmp_path: Path, monkeypatch, chunk):
+    monkeypatch.setattr(corpus, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(corpus, "MAX_QUOTED_BYTES", 60)
+    (tmp_path / "m.csv").write_text(
+        'id,text\n'
+        'a,"two\nlines"\n'                 # a real multi-line field
+        'b,"opens here\nc,plain\n'          # the quote pairs with d's first quote: "d,"x" is not a record
+        'd,"x"\n'
+        'e,"a valid field, but longer than MAX_QUOTED_BYTES\n' + "f,filler\n" * 8 + 'too late"\n'
+        'h,last\n', encoding="utf-8")
+    rows = _read_all(list_inputs([str(tmp_path / "m.csv")]), Columns(id="id"), rows_per_block=3, block_bytes=10**9)
+    assert [(r[1], r[2], r[3], r[4]) for r in rows] == [
+        (2, "a", "two\nlines", None), (4, None, None, "malformed CSV record"), (5, "c", "plain", None),
+        (6, "d", "x", None), (7, None, None, "malformed CSV record"),
+        *[(8 + k, "f", "filler", None) for k in range(8)], (16, None, None, "malformed CSV record"),
+        (17, "h", "last", None),
+    ]
