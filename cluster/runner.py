@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -30,6 +31,7 @@ from rich.table import Column
 
 from cluster.auth import default_token_path, keep_private
 from cluster.pipeline import Pipeline, PlannedStage, record_pipeline
+from cluster.reaper import start_reaper, stop_reaper
 from ue.artifacts import Manifest, run_lock
 from ue.config import stage_hash
 
@@ -148,6 +150,41 @@ def _own_sigint() -> Iterator[None]:
         signal.signal(signal.SIGINT, saved)
 
 
+@contextmanager
+def _sigint_seen() -> Iterator[Callable[[], bool]]:
+    """Yield a check of whether a SIGINT arrived, whoever handled it.
+
+    Ray Train and Ray Tune install their own SIGINT handlers that abort gracefully and then end the
+    stage with ``SystemExit(1)`` or an "interrupted" error, which looked like a failed attempt to
+    retry. Every signal with a Python handler also writes its number to the wakeup fd, so reading
+    that pipe tells a Ctrl-C apart from a failure without depending on any library's handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    os.set_blocking(write, False)
+    previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    seen = False
+
+    def check() -> bool:
+        nonlocal seen
+        try:
+            while chunk := os.read(read, 512):
+                seen = seen or signal.SIGINT in chunk
+        except BlockingIOError:
+            pass
+        return seen
+
+    try:
+        yield check
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(read)
+        os.close(write)
+
+
 class _Display:
     """One progress row per stage, plus a printed line for every change (visible in CI logs too)."""
 
@@ -262,6 +299,7 @@ def _run_all(pipe: Pipeline, console: Console, capture: bool, num_cpus: int | No
     outcomes: list[StageOutcome] = []
     ran: str | None = None  # the first stage this invocation ran; every later one runs too
     ray_started = False
+    reaper: subprocess.Popen | None = None
     try:
         with display.progress:
             for stage in pipe.stages:
@@ -269,7 +307,9 @@ def _run_all(pipe: Pipeline, console: Console, capture: bool, num_cpus: int | No
                     display.finish(stage.name, "[green]skipped[/] (done earlier)")
                     outcomes.append(StageOutcome(stage.name, "skipped"))
                     continue
-                if stage.impl.uses_ray and not ray_started:
+                if stage.impl.uses_ray and reaper is None:
+                    # Before Ray starts, so it sees every process Ray adds; it acts only if we are killed.
+                    reaper = start_reaper(os.getpid())
                     with _output_to(logs / "ray.log" if capture else None):
                         ray_started = _start_ray(num_cpus)
                 outcomes.append(_run_stage(pipe, stage, display, logs, capture, sleep))
@@ -280,6 +320,8 @@ def _run_all(pipe: Pipeline, console: Console, capture: bool, num_cpus: int | No
 
             with _output_to(logs / "ray.log" if capture else None):
                 ray.shutdown()
+        if reaper is not None:
+            stop_reaper(reaper)
     record_pipeline(pipe.layout, finished=time.time())
     return outcomes
 
@@ -296,14 +338,21 @@ def _run_stage(
         started = time.monotonic()
         try:
             sink = log if capture else None
-            with _own_sigint(), display.tail(stage.name, sink), _output_to(sink):
+            with _sigint_seen() as interrupted, _own_sigint(), display.tail(stage.name, sink), _output_to(sink):
                 print(f"=== {stage.name} attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
                 try:
                     # Imported per attempt: an import error (say, a module mid-edit) is a failed attempt too.
                     stage.impl.run_function()(stage.cfg)
-                except Exception:
+                except BaseException:
                     traceback.print_exc()
+                    if interrupted():
+                        raise _interrupted(pipe, stage) from None
                     raise
+                if interrupted():  # the stage finished its work anyway: stop before the next one
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            display.finish(stage.name, "[yellow]interrupted[/]")
+            raise
         except Exception as exc:
             error = escape(f"{type(exc).__name__}: {exc}")
             if attempt > stage.retries:
@@ -316,3 +365,11 @@ def _run_stage(
         seconds = time.monotonic() - started
         display.finish(stage.name, f"[green]done[/] in {seconds:.1f}s")
         return StageOutcome(stage.name, "done", seconds, attempt)
+
+
+def _interrupted(pipe: Pipeline, stage: PlannedStage) -> KeyboardInterrupt:
+    """A Ctrl-C that a library's handler turned into an error: record it as such and stop."""
+    manifest = Manifest(pipe.layout)
+    if (manifest.stage(stage.name) or {}).get("status") in ("running", "failed"):
+        manifest.update(stage.name, status="interrupted", error="interrupted by Ctrl-C; rerun to resume")
+    return KeyboardInterrupt()

@@ -14,7 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 
 STATUS_STYLE = {"done": "green", "SUCCEEDED": "green", "running": "cyan", "RUNNING": "cyan", "PENDING": "cyan",
-                "failed": "red", "FAILED": "red", "STOPPED": "yellow", "stale": "yellow"}
+                "failed": "red", "FAILED": "red", "STOPPED": "yellow", "stale": "yellow",
+                "interrupted": "yellow"}
 
 
 def _styled(status: str) -> str:

@@ -85,6 +85,9 @@ def _run_locked(stage: str, cfg: C, body: Callable[[RunLayout], dict[str, Any]],
     manifest.update(stage, status="running", config_hash=digest, started=started, error=None)
     try:
         outputs = body(layout)
+    except KeyboardInterrupt:
+        manifest.update(stage, status="interrupted", error="interrupted by Ctrl-C; rerun to resume")
+        raise
     except BaseException as e:
         manifest.update(stage, status="failed", error="".join(traceback.format_exception_only(e)).strip())
         raise

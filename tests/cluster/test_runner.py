@@ -137,3 +137,35 @@ def test_a_stage_that_leaves_sigint_ignored_does_not_disarm_ctrl_c_for_the_next(
         {"stage": "toy_a", "config": {"ignore_sigint": True}}, {"stage": "toy_b"}])
     assert [o.status for o in _run(path)] == ["done", "done"]
     assert signal.getsignal(signal.SIGINT) is before is signal.default_int_handler
+
+
+@pytest.mark.parametrize("handler", ["default", "library"])
+def test_ctrl_c_stops_the_run_with_130_and_one_line_and_a_rerun_carries_on(tmp_path: Path, env: dict, handler):
+    """Whether the stage lets SIGINT raise KeyboardInterrupt or a library's handler aborts and exits 1
+    (Ray Train) or raises (Ray Tune), Ctrl-C is no failed attempt to retry: the run stops at once."""
+    config = {"seconds": 30, "abort_on_sigint": handler == "library"}
+    path = write_pipeline(tmp_path / "p.yaml", "ctrl", tmp_path, [
+        {"stage": "toy_a"}, {"stage": "toy_b", "config": config, "retries": 2}, {"stage": "toy_c"}])
+    driver = subprocess.Popen([sys.executable, "-c", LAUNCH, "run", str(path)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    manifest = tmp_path / "ctrl" / "manifest.json"
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "ctrl" / "logs" / "ctrl-toy_b-1.log").exists() or runs_of(tmp_path, "ctrl", "toy_b") < 1:
+            assert driver.poll() is None and time.monotonic() < deadline, "stage 2 never started"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the toy's own handler is in place
+        started = time.monotonic()
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=30)
+    finally:
+        driver.kill()
+    assert driver.returncode == 130 and time.monotonic() - started < 10
+    assert err.strip().splitlines()[-1] == "error: interrupted; rerun the same command to carry on"
+    assert "toy_b      interrupted" in out and "retrying" not in out
+    assert runs_of(tmp_path, "ctrl", "toy_b") == 1 and runs_of(tmp_path, "ctrl", "toy_c") == 0
+    assert _manifest_status(manifest, "toy_b") == "interrupted"
+
+    proc = ue("run", str(path), "toy_b.seconds=0", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert [runs_of(tmp_path, "ctrl", s) for s in ("toy_a", "toy_b", "toy_c")] == [1, 2, 1]

@@ -28,6 +28,8 @@ class Config(ConfigModel):
     fail_times: int = Field(0, ge=0, description="Fail this many attempts before succeeding.")
     message: str = "hello from a toy stage"
     ignore_sigint: bool = Field(False, description="Leave SIGINT ignored, as Ray Tune's leftover handler does.")
+    abort_on_sigint: bool = Field(False, description="Take SIGINT with an own handler and end with SystemExit(1) "
+                                                     "once it came, as Ray Train's graceful abort does.")
 
 
 def count_file(layout: RunLayout, stage: str) -> Path:
@@ -51,7 +53,10 @@ def _make_run(stage: str) -> Any:
             print(f"{stage}: {cfg.message} (attempt {attempt})", flush=True)
             if cfg.ignore_sigint:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
-            time.sleep(cfg.seconds)
+            if cfg.abort_on_sigint:
+                _sleep_until_sigint(cfg.seconds)
+            else:
+                time.sleep(cfg.seconds)
             if attempt <= cfg.fail_times:
                 raise RuntimeError(f"{stage} fails on purpose (attempt {attempt} of {cfg.fail_times} failures)")
             return {"attempt": attempt}
@@ -60,6 +65,17 @@ def _make_run(stage: str) -> Any:
 
     run.__name__ = f"run_{stage}"
     return run
+
+
+def _sleep_until_sigint(seconds: float) -> None:
+    aborted: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: aborted.append(signum))
+    deadline = time.monotonic() + seconds
+    while not aborted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if aborted:
+        print("aborting gracefully", flush=True)
+        sys.exit(1)
 
 
 for _stage in TOY_STAGES:
