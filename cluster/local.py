@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cluster.auth import Token, ensure_local_token
+from jobs._common import loopback_only
 from ue.artifacts import atomic_write_json
 
 STATE_ENV = "UE_STATE_DIR"
@@ -178,6 +179,7 @@ def start_local(
     if object_store_mb:
         cmd += ["--object-store-memory", str(object_store_mb * 2**20)]
     env = {**os.environ, "RAY_AUTH_MODE": "token" if auth else "disabled", "PYTHONUNBUFFERED": "1"}
+    loopback_only(env)  # `ray start` would turn --node-ip-address 127.0.0.1 into the machine's address
     # Job entrypoints say `python`: make that this environment's interpreter, which has the project.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     with open(log, "wb") as sink:

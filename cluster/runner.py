@@ -250,14 +250,15 @@ def _start_ray(num_cpus: int | None) -> bool:
     recorded under /tmp/ray, and an embedded run must not land on someone else's cluster.
     ``RAY_ADDRESS``, when set, is an explicit wish to use that cluster instead.
     """
+    from jobs._common import init_ray, loopback_only
+
+    if os.environ.get("RAY_ADDRESS"):
+        return init_ray(num_cpus)
+    loopback_only()  # before the first `import ray`, which reads it
     import ray
 
     if ray.is_initialized():
         return False
-    if os.environ.get("RAY_ADDRESS"):
-        from jobs._common import init_ray
-
-        return init_ray(num_cpus)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
              log_to_driver=os.environ.get("UE_RAY_LOGS", "0") == "1")
     keep_private(default_token_path())

@@ -98,6 +98,8 @@ def _run_locked(stage: str, cfg: C, body: Callable[[RunLayout], dict[str, Any]],
 
 def init_ray(num_cpus: int | None = None) -> bool:
     """Connect to the cluster named by ``RAY_ADDRESS`` or start a local Ray; True if we started it."""
+    if not os.environ.get("RAY_ADDRESS"):
+        loopback_only()
     import ray
 
     if ray.is_initialized():
@@ -110,6 +112,21 @@ def init_ray(num_cpus: int | None = None) -> bool:
     ray.init(**kwargs)
     _keep_token_private()
     return True
+
+
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def loopback_only(env: dict[str, str] | None = None) -> None:
+    """Make a Ray started from here (or from ``env``) a single-machine one on 127.0.0.1.
+
+    Ray takes the machine's outward address as the node IP, even for ``--node-ip-address
+    127.0.0.1``, and its GCS, raylet, workers and agents then listen on every interface. With
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (its single-machine mode, read when ``ray`` is first
+    imported) the node IP is loopback and so is every listener. Only for a Ray started here: a driver
+    that joins a cluster must stay reachable from the other nodes.
+    """
+    (os.environ if env is None else env).setdefault(LOOPBACK_ENV, "0")
 
 
 def _keep_token_private() -> None:

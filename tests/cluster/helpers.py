@@ -30,6 +30,25 @@ def ue(*args: str, env: dict[str, str], timeout: float = 180, check: bool = Fals
     return proc
 
 
+def listeners(pid: int) -> set[tuple[str, str]]:
+    """(address, process name) of every listening TCP socket of ``pid`` and its descendants."""
+    import psutil
+
+    root = psutil.Process(pid)
+    found = set()
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            found |= {(c.laddr.ip, proc.name()) for c in proc.net_connections(kind="inet")
+                      if c.status == psutil.CONN_LISTEN}
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def on_loopback(address: str) -> bool:
+    return address in ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
 def write_pipeline(path: Path, run_id: str, root: Path, stages: list[dict], **top) -> Path:
     doc = {"run_id": run_id, "root": str(root), "backoff_s": 0.1, **top, "stages": stages}
     path.write_text(json.dumps(doc))  # JSON is YAML

@@ -2,7 +2,8 @@
 
 Ctrl-C reaches Ray Train's own SIGINT handler (a graceful abort ending in ``SystemExit(1)``), yet the
 run must stop with exit 130 and one line, and the rerun must resume from the last checkpoint. A
-killed driver must leave no Ray process behind (cluster/reaper.py).
+killed driver must leave no Ray process behind (cluster/reaper.py), and nothing of the embedded Ray may
+listen beyond 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import psutil
 import pytest
 
 from cluster.reaper import watch
-from tests.cluster.helpers import ROOT, clean_env, write_pipeline
+from tests.cluster.helpers import ROOT, clean_env, listeners, on_loopback, write_pipeline
 from tests.tiny import save_tiny_model
 
 pytestmark = pytest.mark.slow
@@ -102,6 +103,11 @@ def test_a_killed_driver_leaves_no_ray_process_behind(setup: dict[str, Path], tm
         family = psutil.Process(driver.pid).children(recursive=True)
         names = {p.name() for p in family}
         assert {"raylet", "gcs_server", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names
+        # The embedded Ray is a single-machine one: none of its services listens beyond loopback. (The
+        # one exception is not Ray's: torch.distributed's TCPStore in the Train worker binds every
+        # interface, whatever MASTER_ADDR says.)
+        wide = [f"{n} on {a}" for a, n in listeners(driver.pid) if not on_loopback(a)]
+        assert sorted(w for w in wide if not w.startswith("ray::RayTrainWorker")) == []
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
         gone, alive = psutil.wait_procs(family, timeout=30)

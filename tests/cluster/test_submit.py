@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.helpers import LAUNCH, ROOT, Head, clean_env, ue, write_pipeline
+from tests.cluster.helpers import LAUNCH, ROOT, Head, clean_env, listeners, on_loopback, ue, write_pipeline
 from tests.cluster.rundir import make_run_dir
 from tests.cluster.toy import runs_of
 
@@ -59,6 +59,15 @@ def test_submit_follows_to_success_with_status_logs_and_list(local_head: Head, t
     again = ue("submit", str(pipeline), env=local_head.env, timeout=120)
     assert again.returncode == 0 and again.stdout.count("skipped") == 3
     assert_token_nowhere(local_head, [p.stdout + p.stderr for p in (proc, status, logs, listed, again)], root)
+
+
+def test_every_service_of_the_local_head_listens_on_loopback_only(local_head: Head):
+    """GCS, raylet (node and object manager), workers, dashboard, agents, metrics: `ray start` alone
+    put most of them on every interface even with --node-ip-address 127.0.0.1."""
+    pid = json.loads((local_head.work / "state" / "local-head.json").read_text())["pid"]
+    found = listeners(pid)
+    assert {"gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= {name for _, name in found}
+    assert sorted(f"{name} on {address}" for address, name in found if not on_loopback(address)) == []
 
 
 def test_stop_ends_a_long_job_and_the_driver_does_not_retry_it(local_head: Head, tmp_path: Path):
