@@ -8,7 +8,8 @@ and `ue run` both refuse), with no network and without importing torch.
   fit_heads or tune stage of this pipeline saves, or a folder already under ``<run>/heads/``;
   every ``corpus.paths`` entry matches a file;
 - finetune, extract, score: a ``model.name_or_path`` written as a path (``/``, ``./``, ``../``,
-  ``~``) is a folder; finetune, extract: ``data.name`` is a file or a folder (here or under
+  ``~``) is a folder; finetune: every ``lora.target_modules`` entry names a module of a local
+  model (read from its safetensors headers); finetune, extract: ``data.name`` is a file or a folder (here or under
   ``$UE_DATA_DIR``) holding the split files the stage reads, or, with the hub reachable, a hub
   name (with ``HF_HUB_OFFLINE=1`` it must be local).
 
@@ -47,7 +48,7 @@ def check(pipe: Pipeline, *, check_files: bool = True) -> list[Problem]:
         where = f"stages.{index} {stage.name}"
         source = stage.spec.config if isinstance(stage.spec.config, str) else f"{pipe.path} (stages.{index}.config)"
         checks = [{"fit_heads": _fit_heads, "tune": _tune, "score": _score}.get(stage.name)]
-        checks += [_model, _data] if check_files else []
+        checks += [_model, _lora, _data] if check_files else []
         heads_dir = pipe.layout.run_dir / "heads" if check_files and pipe.is_local else None
         for check_stage in filter(None, checks):
             for key, message, value, hint in check_stage(stage.cfg, saved=saved, heads_dir=heads_dir):
@@ -103,6 +104,26 @@ def _model(cfg: Any, **_: Any) -> Found:
     if name and name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
         yield ("model.name_or_path", f"{Path(name).expanduser()} is not a folder", name,
                "give the folder that holds config.json and the weights, or a hub name")
+
+
+def _lora(cfg: Any, **_: Any) -> Found:
+    """PEFT matches a target against the last component of a module's name (``value`` matches
+    ``encoder.layer.0.attention.self.value``); a checkpoint names every module that holds weights."""
+    from ue.config.paths import checkpoint_tensors, resolve_model_path
+
+    lora, model = getattr(cfg, "lora", None), getattr(cfg, "model", None)
+    if lora is None or model is None:
+        return
+    tensors = checkpoint_tensors(resolve_model_path(model.name_or_path))
+    if tensors is None:
+        return  # not a local safetensors checkpoint: the stage checks on the real model
+    modules = {name.rsplit(".", 2)[-2] for name in tensors if name.count(".")}
+    linear = sorted({leaf for name, shape in tensors.items() if name.endswith(".weight") and len(shape) == 2
+                     and name.count(".") and "embed" not in (leaf := name.rsplit(".", 2)[-2])})
+    for i, target in enumerate(lora.target_modules):
+        if target not in modules:
+            yield (f"lora.target_modules.{i}", f"{model.name_or_path} has no module named {target!r}", target,
+                   f"its weight matrices are in: {', '.join(linear)}")
 
 
 def _data(cfg: Any, **_: Any) -> Found:

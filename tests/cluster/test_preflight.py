@@ -78,6 +78,18 @@ def test_a_model_folder_that_does_not_exist_is_refused(tmp_path):
     assert "model.name_or_path" in found and "is not a folder" in found
 
 
+def test_a_lora_target_the_model_does_not_have_is_refused_with_its_real_layers(tmp_path, monkeypatch):
+    monkeypatch.setenv("UE_DATA_DIR", str(Path(__file__).resolve().parents[3] / "shared" / "data"))
+    finetune = {"model": MINILM, "data": {"name": "sst2", "task": "sequence_classification",
+                                          "splits": {"train": "train_sentences", "val": "validation"}},
+                "lora": {"target_modules": ["query", "q_proj", "value"]}}
+    (found,) = problems(pipeline(tmp_path, [{"stage": "finetune", "config": finetune}]))
+    assert "lora.target_modules.1" in found and "has no module named 'q_proj'" in found
+    assert found.endswith("its weight matrices are in: dense, key, query, value)")  # the fix: what it has
+    finetune["lora"]["target_modules"] = ["query", "key", "value", "dense"]
+    assert load_pipeline(pipeline(tmp_path, [{"stage": "finetune", "config": finetune}]))
+
+
 def test_a_dataset_that_is_nowhere_local_is_refused_when_the_hub_is_off(tmp_path, monkeypatch):
     data_dir = tmp_path / "data"
     (data_dir / "trec").mkdir(parents=True)
