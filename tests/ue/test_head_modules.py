@@ -62,6 +62,23 @@ def test_copy_from_peft_model_takes_the_trained_classifier():
     torch.testing.assert_close(clf(hidden[:, -1]), logits, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_copy_merges_lora_on_the_heads_own_layers(family):
+    """target_modules [dense] also adapts BERT's pooler.dense and RoBERTa's classifier.dense."""
+    config_cls, model_cls, _, _ = CASES[family]
+    torch.manual_seed(0)
+    model = model_cls(config_cls(**TINY, pad_token_id=0))
+    peft = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "dense"]))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # trained adapters: B is no longer zero
+    ids = torch.randint(1, 128, (3, 5))
+    hidden, logits = _hidden_and_logits(peft, ids)
+    clf = classifier_from_model(peft).eval()
+    torch.testing.assert_close(clf(hidden[:, 0]), logits, atol=1e-5, rtol=1e-5)
+
+
 def test_unknown_model_is_rejected():
     with pytest.raises(ValueError, match="cannot find the classification module"):
         classifier_from_model(torch.nn.Sequential(torch.nn.Linear(2, 2)))

@@ -85,6 +85,28 @@ def _active(module: nn.Module) -> nn.Module:
     return copies[name] if name in copies else module.original_module  # noqa: SIM401 (ModuleDict has no get)
 
 
+def _plain(module: nn.Module) -> nn.Module:
+    """A LoRA-wrapped Linear as a plain Linear with the adapter merged in (``W + scale * B @ A``).
+
+    A LoRA target such as ``dense`` also wraps the heads' own layers (BERT's pooler, RoBERTa's
+    classifier.dense); the copy must compute what the adapted model computes."""
+    base = getattr(module, "base_layer", None)
+    if not isinstance(base, nn.Linear) or not hasattr(module, "get_delta_weight"):
+        return module
+    out = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
+                    device=base.weight.device, dtype=base.weight.dtype)
+    with torch.no_grad():
+        weight = base.weight.detach().clone()
+        if not module.merged:  # a merged adapter is already inside the base weight
+            for name in module.active_adapters:
+                if name in module.lora_A:
+                    weight += module.get_delta_weight(name).to(weight.dtype)
+        out.weight.copy_(weight)
+        if base.bias is not None:
+            out.bias.copy_(base.bias)
+    return out
+
+
 def _dropout_p(module: nn.Module) -> float:
     drop = getattr(module, "dropout", None)
     return float(drop.p) if isinstance(drop, nn.Dropout) else 0.0
@@ -130,7 +152,7 @@ def _copy_linear(src: nn.Linear, *, dropout: float, input_dropout: bool) -> Clas
         dropout=dropout, input_dropout=input_dropout,
     )
     out = Classifier(spec)
-    out.out_proj.load_state_dict(src.state_dict())
+    out.out_proj.load_state_dict(_plain(src).state_dict())
     return out.float()
 
 
@@ -142,8 +164,8 @@ def _copy_two_layer(
         activation=activation, dropout=dropout, input_dropout=input_dropout,
     )
     out = Classifier(spec)
-    out.dense.load_state_dict(dense.state_dict())
-    out.out_proj.load_state_dict(out_proj.state_dict())
+    out.dense.load_state_dict(_plain(dense).state_dict())
+    out.out_proj.load_state_dict(_plain(out_proj).state_dict())
     return out.float()
 
 
@@ -153,8 +175,8 @@ def _copy_bert_pooler(dense: nn.Linear, classifier: nn.Linear, dropout: float) -
         activation="tanh", dropout=dropout,
     )
     out = Classifier(spec)
-    out.dense.load_state_dict(dense.state_dict())
-    out.out_proj.load_state_dict(classifier.state_dict())
+    out.dense.load_state_dict(_plain(dense).state_dict())
+    out.out_proj.load_state_dict(_plain(classifier).state_dict())
     return out.float()
 
 
