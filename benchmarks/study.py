@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import yaml
@@ -35,9 +35,11 @@ from pydantic import Field
 
 from ue.artifacts import Manifest, RunLayout, atomic_write_bytes
 from ue.config import ConfigModel, load_config
+from ue.config.paths import data_root
 from ue.features import error_indicator
 from ue.heads import load_head
-from ue.metrics import ece
+from ue.metrics import ece, roc_auc
+from ue.metrics.tokens import entity_f1, sentence_level
 from ue.report import MODEL_ROW, metric_rows, read_features, score_methods
 from ue.scoring import calibrate
 
@@ -55,6 +57,21 @@ class DatasetSpec(ConfigModel):
     val_from_train: float | None = None
     max_length: int = 64
     target_error: float | None = Field(None, description="This dataset's accept target; default accept.target_error.")
+    task: Literal["sequence_classification", "token_classification"] = "sequence_classification"
+    num_labels: int = 2
+    train_rows: int | None = Field(None, description="Training rows for this dataset; default the study's.")
+    epochs: int | None = Field(None, description="Fine-tune epochs for this dataset; default the study's.")
+    seeds: list[int] | None = Field(None, description="This dataset's seeds; default the study's.")
+    lora_targets: list[str] = Field(default_factory=lambda: ["query", "value"])
+
+    def rows(self, study: StudyConfig) -> int:
+        return self.train_rows or study.train_rows
+
+    def n_epochs(self, study: StudyConfig) -> int:
+        return self.epochs or study.epochs
+
+    def seed_list(self, study: StudyConfig) -> list[int]:
+        return self.seeds or study.seeds
 
 
 class AcceptSpec(ConfigModel):
@@ -104,20 +121,31 @@ def head_keys() -> list[str]:
     return keys + list(SEARCHES)
 
 
+def _setup(study: StudyConfig) -> str:
+    """"LoRA (query/value), 1 epoch(s) on 3,000 training rows, seeds 0, 1 (cola: 3 epoch(s) ...)"."""
+    def one(ds: DatasetSpec) -> str:
+        return (f"LoRA r 8 on {'/'.join(ds.lora_targets)}, {ds.n_epochs(study)} epoch(s) on "
+                f"{ds.rows(study):,} training rows, seeds {', '.join(map(str, ds.seed_list(study)))}")
+
+    common = one(DatasetSpec(name="", splits={}))
+    own = [f"{ds.name}: {one(ds)}" for ds in study.datasets if one(ds) != common]
+    return common + (f" ({'; '.join(own)})" if own else "")
+
+
 def pipeline_doc(study: StudyConfig, ds: DatasetSpec, seed: int, root: Path) -> dict[str, Any]:
-    data = {"name": ds.name, "task": "sequence_classification", "splits": ds.splits,
-            "max_rows": {"train": study.train_rows}, "max_length": ds.max_length, "seed": seed}
+    data = {"name": ds.name, "task": ds.task, "splits": ds.splits,
+            "max_rows": {"train": ds.rows(study)}, "max_length": ds.max_length, "seed": seed}
     if ds.val_from_train is not None:
         data["val_from_train"] = ds.val_from_train
-    model = {"name_or_path": MODEL, "task": "sequence_classification", "num_labels": 2}
+    model = {"name_or_path": MODEL, "task": ds.task, "num_labels": ds.num_labels}
     return {
         "run_id": f"{ds.name}-s{seed}", "root": str(root), "retries": 1, "backoff_s": 5,
         "stages": [
             {"stage": "finetune", "config": {
                 "data": data, "model": model, "lora": {"r": 8, "alpha": 16, "dropout": 0.1,
-                                                        "target_modules": ["query", "value"]},
-                "train": {"loss": "ce", "epochs": study.epochs, "batch_size": 32, "lr": 2e-3, "weight_decay": 0.01,
-                          "warmup_ratio": 0.1, "select_metric": "val_accuracy", "seed": seed},
+                                                        "target_modules": ds.lora_targets},
+                "train": {"loss": "ce", "epochs": ds.n_epochs(study), "batch_size": 32, "lr": 2e-3,
+                          "weight_decay": 0.01, "warmup_ratio": 0.1, "select_metric": "val_accuracy", "seed": seed},
                 "resources": {"num_workers": 1, "cpus_per_worker": 2}}},
             {"stage": "extract", "config": {"data": data, "model": model, "adapter": "finetune", "batch_size": 64,
                                             "resources": {"num_workers": 2, "cpus_per_worker": 1}}},
@@ -137,7 +165,7 @@ def run_all(study: StudyConfig, root: Path) -> dict[str, float]:
     ue = Path(sys.executable).with_name("ue")
     walls: dict[str, float] = {}
     for ds in study.datasets:
-        for seed in study.seeds:
+        for seed in ds.seed_list(study):
             doc = pipeline_doc(study, ds, seed, root)
             path = root / "pipelines" / f"{doc['run_id']}.yaml"
             atomic_write_bytes(path, yaml.safe_dump(doc, sort_keys=False).encode())
@@ -150,12 +178,21 @@ def run_all(study: StudyConfig, root: Path) -> dict[str, float]:
 
 
 # -- collecting ---------------------------------------------------------------------------------------
-def collect_run(layout: RunLayout, accept: AcceptSpec, target_error: float) -> dict[str, Any]:
+def collect_run(layout: RunLayout, accept: AcceptSpec, target_error: float, ds: DatasetSpec) -> dict[str, Any]:
     """Test metrics of every saved head (and the model's max prob), the searches' choices, the accept
-    result and the stage times of one run."""
+    result and the stage times of one run; for token tasks also each method's sentence-level ROC-AUC
+    (a sentence's score is its largest word score, it is wrong when any word is) and the entity F1."""
     test = read_features(layout, "test")
     head_dirs = [layout.head_dir(key) for key in head_keys()]
-    rows = {r["method"]: r for r in metric_rows(score_methods(test, head_dirs), test, n_bins=15)}
+    methods = score_methods(test, head_dirs)
+    rows = {r["method"]: r for r in metric_rows(methods, test, n_bins=15)}
+    tokens: dict[str, Any] = {}
+    if ds.task == "token_classification":
+        ids, words_wrong = test["id"].to_pylist(), error_indicator(test)
+        tags = json.loads((data_root() / ds.name / "labels.json").read_text(encoding="utf-8"))
+        tokens["entity_f1"] = entity_f1(ids, test["pred"].to_numpy(), test["label"].to_numpy(), tags)
+        tokens["sentence_roc_auc"] = {m.name: roc_auc(*sentence_level(ids, m.scores, words_wrong)) for m in methods}
+        tokens["sentence_error_rate"] = float(sentence_level(ids, methods[0].scores, words_wrong)[1].mean())
     chosen = {}
     for name in SEARCHES:
         best = json.loads((layout.stage_dir("tune") / name / "best.json").read_text())
@@ -181,12 +218,13 @@ def collect_run(layout: RunLayout, accept: AcceptSpec, target_error: float) -> d
     stages = Manifest(layout).read().get("stages", {})
     seconds = {name: stages[name].get("seconds") for name in ("finetune", "extract", "fit_heads", "tune")
                if name in stages}
-    return {"metrics": rows, "chosen": chosen, "accept": decision, "seconds": seconds}
+    return {"metrics": rows, "chosen": chosen, "accept": decision, "seconds": seconds, **tokens}
 
 
 def collect(study: StudyConfig, root: Path) -> dict[str, dict[int, dict[str, Any]]]:
     return {ds.name: {seed: collect_run(RunLayout(root, f"{ds.name}-s{seed}"), study.accept,
-                                        ds.target_error or study.accept.target_error) for seed in study.seeds}
+                                        ds.target_error or study.accept.target_error, ds)
+                      for seed in ds.seed_list(study)}
             for ds in study.datasets}
 
 
@@ -259,8 +297,7 @@ def render(study: StudyConfig, results: dict[str, dict[int, dict[str, Any]]], wa
         "Generated by `benchmarks/study.py benchmarks/study.yaml`; do not edit by hand. Rerun the command to",
         "regenerate it (finished stages are skipped).",
         "",
-        f"Setup: all-MiniLM-L6-v2 + LoRA (r 8, query/value), fine-tuned for {study.epochs} epoch(s) on "
-        f"{study.train_rows:,} training rows (a seeded subset), seeds {', '.join(map(str, study.seeds))}; a seed "
+        f"Setup: all-MiniLM-L6-v2 fine-tuned with {_setup(study)}; the training rows are a seeded subset, and a seed "
         "changes the subset, the fine-tune and every head. Heads are fitted on the cached train features and select "
         "epochs/configs on val only; every number below is on the test split (CoLA: GLUE's validation, with val "
         "carved from train by `data.val_from_train`). Metrics x100; ROC-AUC and PRR: higher is better; AURC and ECE: "
@@ -287,6 +324,8 @@ def render(study: StudyConfig, results: dict[str, dict[int, dict[str, Any]]], wa
                 text = _pm(*stats(results, dataset, method, metric))
                 cells.append(f"**{text}**" if method == best[metric] else text)
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        if all("entity_f1" in r for r in runs.values()):
+            lines += _token_section(runs, methods)
     lines += ["", "## Average rank across datasets (1 = best, by the mean over seeds)", "",
               "| method | " + " | ".join(METRICS[m][0] for m in METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
     ranks = {m: average_ranks(results, methods, m) for m in METRICS}
@@ -332,6 +371,23 @@ def render(study: StudyConfig, results: dict[str, dict[int, dict[str, Any]]], wa
               "from finished trials shows only the resume and the refit.", ""]
     lines += [f"![{p}]({plot_dir}/{p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _token_section(runs: dict[int, dict[str, Any]], methods: list[str]) -> list[str]:
+    """A token task's table above is per word; here per sentence, with the model's entity F1."""
+    f1 = np.array([r["entity_f1"] for r in runs.values()]) * 100
+    wrong = np.mean([r["sentence_error_rate"] for r in runs.values()]) * 100
+    lines = ["", f"Per word above. Entity F1 of the fine-tuned model (CoNLL, seqeval): {_pm(f1.mean(), _std(f1))}; "
+             f"{wrong:.2f}% of test sentences have a wrong word. Per sentence (score = the largest word score, "
+             "wrong = any word wrong):", "", "| method | sentence ROC-AUC |", "|---|---:|"]
+    for method in methods:
+        values = np.array([r["sentence_roc_auc"].get(method, np.nan) for r in runs.values()], dtype=float) * 100
+        lines.append(f"| {method} | {_pm(float(np.nanmean(values)), _std(values))} |")
+    return lines
+
+
+def _std(values: np.ndarray) -> float:
+    return float(np.nanstd(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def _best(results: dict[str, dict[int, dict[str, Any]]], dataset: str, methods: list[str], metric: str) -> str:
