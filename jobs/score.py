@@ -45,7 +45,14 @@ from jobs._common import adapter_dir, init_ray, job_main, run_stage
 from jobs.schemas.score import Config
 from ue.artifacts import RunLayout, atomic_write_json, read_json
 from ue.corpus import ROW_FIELDS, Block, Columns, InputFile, list_inputs, plan_blocks, read_block
-from ue.scoring import POST_HOC_HEADS, QUARANTINE_SCHEMA, calibrate, duplicate_ids, score_schema
+from ue.scoring import (
+    POST_HOC_HEADS,
+    QUARANTINE_SCHEMA,
+    calibrate,
+    duplicate_ids,
+    score_schema,
+    token_score_schema,
+)
 from ue.selective import Threshold
 
 log = logging.getLogger("ue.jobs.score")
@@ -257,7 +264,10 @@ class BlockScorer:
         self.heads = {name: _load_head(name, d) for name, d in head_dirs.items()}
         self.ood = load_head(ood_dir) if ood_dir else None
         self.threshold = threshold
-        self.schema = score_schema(list(self.heads), ood=self.ood is not None, with_accept=threshold is not None)
+        self.tokens = cfg.model.task == "token_classification"
+        self.schema = (token_score_schema(list(self.heads), tags=cfg.tag_names is not None,
+                                          with_accept=threshold is not None) if self.tokens else
+                       score_schema(list(self.heads), ood=self.ood is not None, with_accept=threshold is not None))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from ue.feature_cache import write_part
@@ -292,6 +302,8 @@ class BlockScorer:
 
         if not good:
             return self.schema.empty_table(), 0.0
+        if self.tokens:
+            return self._score_words(rows, good)
         corpus = self.cfg.corpus
         pairs = [rows["text_pair"][i] for i in good] if corpus.text_pair_column else None
         encoded, truncated = encode_flagging_truncation(self.tokenizer, [rows["text"][i] for i in good], pairs,
@@ -310,6 +322,36 @@ class BlockScorer:
         )
         table = score_table([rows["id"][i] for i in good], columns, truncated=truncated, schema=self.schema,
                             decision=self.cfg.decision, threshold=self.threshold)
+        return table, time.perf_counter() - started
+
+
+    def _score_words(self, rows: dict[str, list[Any]], good: list[int]) -> tuple[pa.Table, float]:
+        """Token classification: each row a sentence split at whitespace, one score row per word (its
+        first sub-token, as ``jobs.extract`` made the features the heads were fitted on)."""
+        from ue.extraction import classify_batch, length_batches
+        from ue.scoring import score_columns, token_score_table
+        from ue.tokenize import collate, encode_tokens
+
+        corpus = self.cfg.corpus
+        words = [rows["text"][i][:corpus.max_chars].split() for i in good]
+        encoded = encode_tokens(self.tokenizer, words, max_length=corpus.max_length)
+        outs, sentence, word = [], [], []
+        pad, side = self.tokenizer.pad_token_id, self.tokenizer.padding_side
+        for idx in length_batches([len(r["input_ids"]) for r in encoded], batch_size=self.cfg.batch_size):
+            rows_in = [encoded[i] for i in idx]
+            batch = collate([{k: r[k] for k in ("input_ids", "attention_mask")} for r in rows_in], pad_id=pad,
+                            padding_side=side)
+            out = classify_batch(self.model, **batch, word_starts=[r["word_starts"] for r in rows_in])
+            outs.append(out)
+            sentence.append(idx[out.row])
+            word.append(np.array([w for r in rows_in for w in r["word_index"]], dtype=np.int64))
+        started = time.perf_counter()
+        columns = score_columns(pred=np.concatenate([o.pred for o in outs]),
+                                logits=np.concatenate([o.logits for o in outs]),
+                                hidden=np.concatenate([o.hidden for o in outs]), heads=self.heads)
+        table = token_score_table([rows["id"][i] for i in good], words, sentence=np.concatenate(sentence),
+                                  word=np.concatenate(word), columns=columns, schema=self.schema,
+                                  tag_names=self.cfg.tag_names, decision=self.cfg.decision, threshold=self.threshold)
         return table, time.perf_counter() - started
 
 

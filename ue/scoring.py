@@ -15,6 +15,13 @@ column            type      meaning
 ``truncated``     bool      the text was cut (over ``max_chars`` characters or ``max_length`` tokens)
 ================  ========  ==================================================================
 
+For a token-classification model (NER) a row is a sentence, split into words at whitespace, and
+the per-word values are lists aligned with ``words`` (null for a word past ``max_length`` tokens):
+``id``, ``words``, ``pred`` (tag indices), ``tags`` (their names, when the config gives them),
+``confidence``, ``u_<head>``, then per sentence ``sentence_u_<head>`` (the largest word score; null
+when no word was scored),
+``accept`` (every word's ``u_<decision head> <= threshold``) and ``truncated`` (some words unscored).
+
 A quarantine shard ``scores/quarantine/part-<file>-<block>.parquet`` has one row per bad input row:
 ``file``, ``line``, ``id`` (null when unknown), ``reason``, ``raw`` (the start of its content).
 """
@@ -111,6 +118,63 @@ def score_table(
     data = {"id": list(ids), **columns, "truncated": truncated}
     if decision is not None:
         data["accept"] = accept(columns[f"u_{decision}"], threshold) if len(ids) else np.zeros(0, bool)
+    return pa.table({f.name: pa.array(data[f.name], f.type) for f in schema}, schema=schema)
+
+
+def token_score_schema(head_names: Sequence[str], *, tags: bool, with_accept: bool) -> pa.Schema:
+    """Schema of a token-classification score shard (see the module docstring)."""
+    fields = [("id", pa.string()), ("words", pa.list_(pa.string())), ("pred", pa.list_(pa.int64()))]
+    fields += [("tags", pa.list_(pa.string()))] * tags + [("confidence", pa.list_(pa.float64()))]
+    fields += [(f"u_{name}", pa.list_(pa.float64())) for name in head_names]
+    fields += [(f"sentence_u_{name}", pa.float64()) for name in head_names]
+    fields += [("accept", pa.bool_())] * with_accept + [("truncated", pa.bool_())]
+    return pa.schema(fields)
+
+
+def token_score_table(
+    ids: Sequence[str],
+    words: Sequence[Sequence[str]],
+    *,
+    sentence: np.ndarray,
+    word: np.ndarray,
+    columns: Mapping[str, np.ndarray],
+    schema: pa.Schema,
+    tag_names: Sequence[str] | None = None,
+    decision: str | None = None,
+    threshold: float | None = None,
+) -> pa.Table:
+    """One token shard from per-word values.
+
+    Args:
+        ids, words: (m,) sentence ids and each sentence's words.
+        sentence, word: (n,) which sentence and which word each scored word row is.
+        columns: :func:`score_columns` of the n word rows (``pred``, ``confidence``, ``u_<head>``).
+        tag_names: names of the tag indices, for the ``tags`` column.
+        decision, threshold: a sentence is accepted when every scored word of it has
+            ``u_<decision> <= threshold`` (its largest word score does).
+    """
+    m = len(ids)
+    lists: dict[str, list[list[Any]]] = {}
+    for name, values in columns.items():
+        out: list[list[Any]] = [[None] * len(w) for w in words]
+        for s, w, v in zip(sentence.tolist(), word.tolist(), np.asarray(values).tolist(), strict=True):
+            out[s][w] = v
+        lists[name] = out
+    scored = np.bincount(sentence, minlength=m) if m else np.zeros(0, np.int64)
+    data: dict[str, Any] = {"id": list(ids), "words": [list(w) for w in words], **lists,
+                            "truncated": [int(scored[k]) < len(words[k]) for k in range(m)]}
+    if tag_names is not None:
+        data["tags"] = [[None if t is None else tag_names[t] for t in row] for row in lists["pred"]]
+    for name in (n for n in columns if n.startswith("u_")):
+        top = np.full(m, np.nan)
+        if len(sentence):
+            np.fmax.at(top, sentence, np.asarray(columns[name], dtype=np.float64))
+        data[f"sentence_{name}"] = pa.array(top, pa.float64(), mask=~np.isfinite(top))  # null: no word scored
+    if decision is not None:
+        top = np.asarray(data[f"sentence_u_{decision}"].to_numpy(zero_copy_only=False), dtype=np.float64)
+        data["accept"] = np.zeros(m, bool)
+        if np.isfinite(top).any():
+            data["accept"][np.isfinite(top)] = accept(top[np.isfinite(top)], threshold)
     return pa.table({f.name: pa.array(data[f.name], f.type) for f in schema}, schema=schema)
 
 

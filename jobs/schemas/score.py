@@ -112,6 +112,8 @@ class Config(ModelStageConfig):
     ood: str | None = Field(None, description="A fitted head under <run>/heads/ (e.g. mahalanobis) whose score "
                             "becomes the `ood` column; None leaves it out.")
     accept: AcceptConfig | None = Field(None, description="The accept/abstain decision; None leaves `accept` out.")
+    tag_names: list[str] | None = Field(None, description="Token classification: the tag names in index order "
+                                        "(a dataset's labels.json), written as a `tags` column; None leaves it out.")
     read_concurrency: int = Field(2, description="Read tasks at most at once (they reserve no CPU).")
 
     @field_validator("heads")
@@ -130,8 +132,14 @@ class Config(ModelStageConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
-        if self.model.task != "sequence_classification":
-            raise ValueError(f"model.task is {self.model.task}; corpus scoring supports sequence_classification")
+        if self.model.task == "causal_lm":
+            raise ValueError("model.task is causal_lm; corpus scoring supports sequence_classification and "
+                             "token_classification")
+        if self.model.task == "token_classification" and (self.corpus.text_pair_column or self.ood):
+            raise ValueError("token classification scores one sentence per row (split into words at whitespace): "
+                             "unset corpus.text_pair_column and ood")
+        if self.tag_names is not None and self.model.task != "token_classification":
+            raise ValueError("tag_names is for token classification; unset it")
         if self.accept is not None:
             if not self.heads:
                 raise ValueError("accept needs a head to decide with: list one in heads, e.g. [msp]")

@@ -22,6 +22,8 @@ from ue.scoring import (
     score_columns,
     score_schema,
     score_table,
+    token_score_schema,
+    token_score_table,
 )
 from ue.selective import select_threshold
 
@@ -104,3 +106,21 @@ def test_repeated_ids_across_shards_are_counted_once_per_extra_copy(tmp_path):
         pq.write_table(table, tmp_path / f"part-00000-{k:06d}.parquet")
     assert duplicate_ids(tmp_path) == (3, ["dup1", "dup2"])  # dup1: 2 extra copies, dup2: 1
     assert duplicate_ids(tmp_path / "none") == (0, [])
+
+
+def test_a_token_shard_aligns_words_and_accepts_a_sentence_when_every_word_is_under_the_threshold():
+    schema = token_score_schema(["msp"], tags=True, with_accept=True)
+    # Sentence a: 3 words, the middle one never scored (no sub-token); b: 2 words; c: 1 word, unscored.
+    sentence, word = np.array([1, 0, 1, 0]), np.array([1, 2, 0, 0])
+    columns = {"pred": np.array([2, 1, 0, 0]), "confidence": np.array([0.6, 0.7, 0.9, 0.8]),
+               "u_msp": np.array([0.4, 0.3, 0.1, 0.2])}
+    table = token_score_table(["a", "b", "c"], [["x", "y", "z"], ["p", "q"], ["w"]], sentence=sentence, word=word,
+                              columns=columns, schema=schema, tag_names=["O", "B", "I"], decision="msp",
+                              threshold=0.35)
+    rows = table.to_pylist()
+    assert rows[0] == {"id": "a", "words": ["x", "y", "z"], "pred": [0, None, 1], "tags": ["O", None, "B"],
+                       "confidence": [0.8, None, 0.7], "u_msp": [0.2, None, 0.3], "sentence_u_msp": 0.3,
+                       "accept": True, "truncated": True}
+    assert rows[1]["u_msp"] == [0.1, 0.4] and rows[1]["sentence_u_msp"] == 0.4 and rows[1]["accept"] is False
+    assert rows[2]["sentence_u_msp"] is None and rows[2]["accept"] is False and rows[2]["truncated"] is True
+    assert table.schema == schema
