@@ -422,8 +422,8 @@ def _targets(study: StudyConfig, results: dict[str, dict[int, dict[str, Any]]]) 
         if err >= majority - 0.01:
             notes.append(f"- {dataset}: the fine-tune did not learn the task beyond the majority class (test error "
                          f"{100 * err:.2f}% vs {100 * majority:.2f}% for always the majority class), so every score "
-                         "here ranks the errors of a near-constant predictor: near chance ROC-AUC for all heads; "
-                         "a longer fine-tune is needed before this dataset says anything about the heads.")
+                         "here ranks the errors of a near-constant predictor (near chance ROC-AUC for all heads), "
+                         "and this dataset says little about the heads until a fine-tune learns it.")
         for head, rival in (("alien", "entropy"), ("alien_paper", "entropy"), ("adue", "msp"), ("adue_paper", "msp")):
             diff = stats(results, dataset, head, "roc_auc")[0] - stats(results, dataset, rival, "roc_auc")[0]
             if diff <= 0:
