@@ -30,6 +30,14 @@ def ue(*args: str, env: dict[str, str], timeout: float = 180, check: bool = Fals
     return proc
 
 
+def arm_sigint() -> None:
+    """``preexec_fn`` for a child that must see Ctrl-C: a test runner started as a background job has
+    SIGINT ignored, which children inherit (and then Python installs no KeyboardInterrupt handler)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def listeners(pid: int) -> set[tuple[str, str]]:
     """(address, process name) of every listening TCP socket of ``pid`` and its descendants."""
     import psutil

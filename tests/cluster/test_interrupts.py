@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from cluster.reaper import watch
-from tests.cluster.helpers import ROOT, clean_env, listeners, on_loopback, write_pipeline
+from tests.cluster.helpers import ROOT, arm_sigint, clean_env, listeners, on_loopback, write_pipeline
 from tests.tiny import save_tiny_model
 
 pytestmark = pytest.mark.slow
@@ -60,7 +60,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def _start(path: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "cluster.cli", "run", str(path)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=arm_sigint)
 
 
 def _wait_for(driver: subprocess.Popen, log: Path, text: str, timeout: float = 240) -> None:

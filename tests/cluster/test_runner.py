@@ -13,7 +13,7 @@ import pytest
 
 from cluster.pipeline import load_pipeline
 from cluster.runner import StageFailed, run_embedded
-from tests.cluster.helpers import LAUNCH, ROOT, ue, write_pipeline
+from tests.cluster.helpers import LAUNCH, ROOT, arm_sigint, ue, write_pipeline
 from tests.cluster.toy import runs_of
 
 
@@ -132,11 +132,15 @@ def test_a_second_ue_run_on_a_busy_run_directory_stops_at_once_and_writes_nothin
 
 
 def test_a_stage_that_leaves_sigint_ignored_does_not_disarm_ctrl_c_for_the_next(tmp_path: Path):
-    before = signal.getsignal(signal.SIGINT)
-    path = write_pipeline(tmp_path / "p.yaml", "sig", tmp_path, [
-        {"stage": "toy_a", "config": {"ignore_sigint": True}}, {"stage": "toy_b"}])
-    assert [o.status for o in _run(path)] == ["done", "done"]
-    assert signal.getsignal(signal.SIGINT) is before is signal.default_int_handler
+    # Armed here whatever the test runner inherited (a background job starts with SIGINT ignored).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        path = write_pipeline(tmp_path / "p.yaml", "sig", tmp_path, [
+            {"stage": "toy_a", "config": {"ignore_sigint": True}}, {"stage": "toy_b"}])
+        assert [o.status for o in _run(path)] == ["done", "done"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 @pytest.mark.parametrize("handler", ["default", "library"])
@@ -147,7 +151,7 @@ def test_ctrl_c_stops_the_run_with_130_and_one_line_and_a_rerun_carries_on(tmp_p
     path = write_pipeline(tmp_path / "p.yaml", "ctrl", tmp_path, [
         {"stage": "toy_a"}, {"stage": "toy_b", "config": config, "retries": 2}, {"stage": "toy_c"}])
     driver = subprocess.Popen([sys.executable, "-c", LAUNCH, "run", str(path)], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=arm_sigint)
     manifest = tmp_path / "ctrl" / "manifest.json"
     try:
         deadline = time.monotonic() + 60
