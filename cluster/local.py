@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cluster.auth import Token, ensure_local_token
+from cluster.reaper import kill_after
 from jobs._common import loopback_only
 from ue.artifacts import atomic_write_json
 
@@ -214,12 +215,6 @@ def stop_local(timeout_s: float = 30.0) -> LocalHead | None:
         root = psutil.Process(head.pid)
         family = [root, *root.children(recursive=True)]
         root.terminate()
-        _, alive = psutil.wait_procs(family, timeout=timeout_s)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                continue
-        psutil.wait_procs(alive, timeout=5)
+        kill_after(family, grace_s=timeout_s)
     state_file().unlink(missing_ok=True)
     return head

@@ -79,13 +79,19 @@ def watch(pid: int, *, poll_s: float = POLL_S, grace_s: float = GRACE_S) -> list
             proc.terminate()
         except psutil.NoSuchProcess:
             continue
-    _, stubborn = psutil.wait_procs(left, timeout=grace_s)
+    kill_after(left, grace_s=grace_s)
+    return [p.pid for p in left]
+
+
+def kill_after(procs: list[psutil.Process], *, grace_s: float) -> None:
+    """Give ``procs`` (already asked to stop) ``grace_s`` to exit, then SIGKILL the ones still running."""
+    _, stubborn = psutil.wait_procs(procs, timeout=grace_s)
     for proc in stubborn:
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             continue
-    return [p.pid for p in left]
+    psutil.wait_procs(stubborn, timeout=5)
 
 
 def main() -> None:
