@@ -239,7 +239,7 @@ def method_order(results: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
 def stats(results: dict[str, dict[int, dict[str, Any]]], dataset: str, method: str, metric: str) -> tuple[float, float]:
     values = [run["metrics"][method][metric] for run in results[dataset].values()]
     values = np.array([np.nan if v is None else v for v in values], dtype=float) * 100
-    return float(np.nanmean(values)), float(np.nanstd(values, ddof=1)) if len(values) > 1 else 0.0
+    return float(np.nanmean(values)), _std(values)
 
 
 def average_ranks(results: dict[str, dict[int, dict[str, Any]]], methods: list[str], metric: str) -> dict[str, float]:
