@@ -3,6 +3,10 @@
     UE_DATA_DIR=../shared/data HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/study.py benchmarks/study.yaml
     .venv/bin/python benchmarks/study.py benchmarks/study.yaml --render-only   # rewrite the page only
 
+A config with a ``qa`` section (``benchmarks/study_qa.yaml``) runs the QA study of ``study_qa.py``
+instead, which writes only its own marked section of the page; this study's render keeps such
+sections as they are.
+
 For every dataset and seed, one pipeline (``<root>/pipelines/<dataset>-s<seed>.yaml``) runs through
 ``ue run``: LoRA fine-tune of MiniLM -> feature extraction -> every head at its defaults, its
 calibrated variants and the ALIEN ablations (``fit_heads``) -> the ALIEN and AdUE paper grids
@@ -30,8 +34,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import study_qa
 import yaml
 from pydantic import Field
+from study_qa import marked_tail
 
 from ue.artifacts import Manifest, RunLayout, atomic_write_bytes
 from ue.config import ConfigModel, load_config
@@ -440,11 +446,22 @@ def _targets(study: StudyConfig, results: dict[str, dict[int, dict[str, Any]]]) 
     return lines + ["", "Where ALIEN or AdUE lose (ROC-AUC vs entropy/MSP, or calibration):", "", *notes]
 
 
+def write_page(output: Path, text: str) -> None:
+    """Write this study's page, keeping the marked sections that other study configs wrote
+    (``study_qa.splice_section``) byte for byte after it."""
+    old = output.read_text(encoding="utf-8") if output.is_file() else ""
+    tail = marked_tail(old)
+    atomic_write_bytes(output, (text + ("\n" + tail if tail else "")).encode())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path)
     parser.add_argument("--render-only", action="store_true", help="Collect finished runs and rewrite the page.")
     args = parser.parse_args()
+    if "qa" in (yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}):
+        study_qa.main(args.config, render_only=args.render_only)
+        return
     study = load_config(StudyConfig, args.config)
     root = (REPO / study.root).resolve()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -462,7 +479,7 @@ def main() -> None:
     text = render(study, results, walls, plots, plot_dir.name)
     if "_total" in walls:
         text += f"\nWall time of the last full `benchmarks/study.py` invocation: {walls['_total'] / 60:.1f} min.\n"
-    atomic_write_bytes(output, text.encode())
+    write_page(output, text)
     (root / "results.json").write_text(json.dumps(results, indent=1, default=float))
     print(f"[study] wrote {output} and {len(plots)} plots in {plot_dir}/")
 

@@ -100,8 +100,9 @@ def train_loop(config: dict[str, LoopInputs]) -> None:
         pad_token_id=tokenizer.pad_token_id, gradient_checkpointing=cfg.model.gradient_checkpointing,
         trust_remote_code=cfg.model.trust_remote_code,
     )
-    model = apply_lora(model, task=task, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
-                       target_modules=cfg.lora.target_modules, bias=cfg.lora.bias)
+    if cfg.lora is not None:
+        model = apply_lora(model, task=task, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
+                           target_modules=cfg.lora.target_modules, bias=cfg.lora.bias)
     optimizer, scheduler = build_optimizer(model, cfg, total_steps)
     if inputs.deepspeed is not None:
         engine: DDPBackend | DeepSpeedBackend = DeepSpeedBackend(model, optimizer, scheduler, inputs.deepspeed)
@@ -132,7 +133,8 @@ def train_loop(config: dict[str, LoopInputs]) -> None:
         metrics.update(step=state.step, lr=engine.lr, epoch_seconds=time.perf_counter() - started)
         state.epoch = epoch + 1
         state.history.append(metrics)
-        save_and_report(engine, model, state, metrics, rank=rank, task=task)
+        save_and_report(engine, model, state, metrics, rank=rank, task=task,
+                        tokenizer=tokenizer if cfg.lora is None else None)
 
 
 def train_epoch(
@@ -272,9 +274,10 @@ def scored(logits: Tensor, labels: Tensor, task: str) -> tuple[Tensor, Tensor]:
 
 def save_and_report(
     engine: DDPBackend | DeepSpeedBackend, model: nn.Module, state: TrainState, metrics: dict[str, Any],
-    *, rank: int, task: str,
+    *, rank: int, task: str, tokenizer: Any = None,
 ) -> None:
-    """Write this worker's part of the checkpoint and report it with the epoch's metrics.
+    """Write this worker's part of the checkpoint and report it with the epoch's metrics (``tokenizer``:
+    saved beside a fully trained model, so its folder loads on its own).
 
     Every worker reports its own directory and Ray merges them, which is how DeepSpeed's per-rank
     optimiser partitions end up in one checkpoint.
@@ -283,6 +286,8 @@ def save_and_report(
         directory = Path(tmp)
         engine.save(directory, rank=rank)
         save_adapter(model, directory, rank=rank, task=task)
+        if rank == 0 and tokenizer is not None:
+            tokenizer.save_pretrained(directory / ADAPTER_DIR)
         if rank == 0:
             (directory / STATE_FILE).write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
@@ -290,8 +295,9 @@ def save_and_report(
 
 
 def save_adapter(model: nn.Module, directory: Path, *, rank: int, task: str) -> None:
-    """Rank 0 writes the PEFT adapter (loadable by ``PeftModel.from_pretrained``) and the
-    classification module. Under ZeRO-3 every worker takes part in gathering the weights first."""
+    """Rank 0 writes the PEFT adapter (loadable by ``PeftModel.from_pretrained``), or the whole model
+    when it has no LoRA, and the classification module. Under ZeRO-3 every worker takes part in
+    gathering the weights first."""
     params = [p for name, p in model.named_parameters()
               if p.requires_grad or CLASSIFICATION_MODULES.intersection(name.split("."))]
     with _gathered(params):
@@ -350,8 +356,16 @@ class DDPBackend:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        weights = load_file(str(directory / ADAPTER_DIR / "adapter_model.safetensors"), device=str(self.device))
-        set_peft_model_state_dict(self.peft_model, weights)
+        adapter = directory / ADAPTER_DIR / "adapter_model.safetensors"
+        if adapter.is_file():
+            set_peft_model_state_dict(self.peft_model, load_file(str(adapter), device=str(self.device)))
+        else:  # full-parameter training saved the whole model
+            weights = load_file(str(directory / ADAPTER_DIR / "model.safetensors"), device=str(self.device))
+            missing, unexpected = self.peft_model.load_state_dict(weights, strict=False)
+            # save_pretrained leaves out a weight tied to another (lm_head tied to the embeddings)
+            if unexpected or (missing and not getattr(self.peft_model.config, "tie_word_embeddings", False)):
+                raise RuntimeError(f"{directory}: the saved model does not match (missing {sorted(missing)}, "
+                                   f"unexpected {sorted(unexpected)})")
         state = torch.load(directory / OPTIMIZER_FILE, map_location=self.device, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -37,6 +37,7 @@ import ray.data
 import torch
 
 from jobs._common import adapter_dir, init_ray, job_main, run_stage
+from jobs.schemas import FROM_FINETUNE
 from jobs.schemas.extract import Config
 from ue.artifacts import RunLayout, atomic_write_json, read_json
 from ue.data import check_labels, load_dataset_split, num_labels
@@ -61,8 +62,8 @@ def run(cfg: Config) -> dict[str, Any]:
 
 
 def extract(cfg: Config, layout: RunLayout) -> dict[str, Any]:
-    # 1. Setup: adapter, a clean cache for this content, the rows of every split.
-    adapter = adapter_dir(cfg.adapter, layout)
+    # 1. Setup: weights and adapter, a clean cache for this content, the rows of every split.
+    model_path, adapter = _weights(cfg, layout)
     _reset_stale_cache(layout.features_dir, _content_hash(cfg), force=cfg.run.force)
     tables = {split: _read_split(cfg, split) for split in cfg.splits}
     labels = None if cfg.model.task == "causal_lm" else _num_labels(cfg, tables)
@@ -75,18 +76,28 @@ def extract(cfg: Config, layout: RunLayout) -> dict[str, Any]:
     if todo:
         started = init_ray()
         try:
-            _run_actor_pool(cfg, layout, adapter, labels, todo)
+            _run_actor_pool(cfg, layout, model_path, adapter, labels, todo)
         finally:
             if started:
                 ray.shutdown()
 
     # 4. Describe the complete cache.
-    meta = _describe(cfg, layout, adapter, tables)
+    meta = _describe(cfg, layout, model_path, adapter, tables)
     atomic_write_json(layout.features_meta, meta)
     return {"features": str(layout.features_dir), "rows": {s: v["rows"] for s, v in meta["splits"].items()}}
 
 
 # -- setup -------------------------------------------------------------------------------------------
+def _weights(cfg: Config, layout: RunLayout) -> tuple[str, str | None]:
+    """The model folder and the adapter to load. A fine-tune that trained every weight (``lora: null``)
+    exported the whole model where an adapter would be; ``adapter: finetune`` then loads that model."""
+    exported = layout.adapter_dir
+    if (cfg.adapter == FROM_FINETUNE and (exported / "config.json").is_file()
+            and not (exported / "adapter_config.json").is_file()):
+        return str(exported), None
+    return cfg.model.name_or_path, adapter_dir(cfg.adapter, layout)
+
+
 def _content_hash(cfg: Config) -> str:
     content = cfg.model_dump(mode="json", include=CONTENT_KEYS)
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
@@ -137,7 +148,7 @@ def _missing_parts(cfg: Config, layout: RunLayout, split: str, table: pa.Table) 
 
 
 # -- the actor pool ----------------------------------------------------------------------------------
-def _run_actor_pool(cfg: Config, layout: RunLayout, adapter: str | None, labels: int | None,
+def _run_actor_pool(cfg: Config, layout: RunLayout, model_path: str, adapter: str | None, labels: int | None,
                     todo: list[pa.Table]) -> None:
     res = cfg.resources
     # One block per part and batch_size=None: every call of an actor receives exactly one whole part.
@@ -148,7 +159,7 @@ def _run_actor_pool(cfg: Config, layout: RunLayout, adapter: str | None, labels:
         compute=ray.data.ActorPoolStrategy(size=res.num_workers),
         num_cpus=res.cpus_per_worker,
         num_gpus=res.gpus_per_worker if res.use_gpu else 0,
-        fn_constructor_kwargs={"cfg": cfg, "adapter": adapter, "num_labels": labels,
+        fn_constructor_kwargs={"cfg": cfg, "model_path": model_path, "adapter": adapter, "num_labels": labels,
                                "features_dir": str(layout.features_dir)},
     )
     for done, row in enumerate(written.iter_rows(), 1):
@@ -163,15 +174,16 @@ def _progress(done: int, total: int, row: dict[str, Any]) -> None:
 class PartExtractor:
     """One model replica: loaded once per actor, then the features of one part per call."""
 
-    def __init__(self, *, cfg: Config, adapter: str | None, num_labels: int | None, features_dir: str) -> None:
+    def __init__(self, *, cfg: Config, model_path: str, adapter: str | None, num_labels: int | None,
+                 features_dir: str) -> None:
         torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
         self.cfg, self.features_dir = cfg, Path(features_dir)
         self.device = "cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu"
         side = "left" if cfg.model.task == "causal_lm" else cfg.padding_side
-        self.tokenizer = load_tokenizer(cfg.model.name_or_path, padding_side=side,
+        self.tokenizer = load_tokenizer(model_path, padding_side=side,
                                         trust_remote_code=cfg.model.trust_remote_code)
         torch.manual_seed(0)  # a classifier new to a base model is initialised the same in every actor
-        model = load_model(cfg.model.name_or_path, task=cfg.model.task, num_labels=num_labels, dtype=cfg.model.dtype,
+        model = load_model(model_path, task=cfg.model.task, num_labels=num_labels, dtype=cfg.model.dtype,
                            pad_token_id=self.tokenizer.pad_token_id, trust_remote_code=cfg.model.trust_remote_code)
         if adapter is not None:
             # Merging folds LoRA into the weights (faster) and keeps the trained classifier copy.
@@ -279,7 +291,8 @@ def _stack(outs: list[Any], name: str, back: Any) -> np.ndarray:
 
 
 # -- the description written last --------------------------------------------------------------------
-def _describe(cfg: Config, layout: RunLayout, adapter: str | None, tables: dict[str, pa.Table]) -> dict[str, Any]:
+def _describe(cfg: Config, layout: RunLayout, model_path: str, adapter: str | None,
+              tables: dict[str, pa.Table]) -> dict[str, Any]:
     """``features.json``: what the cache holds, read back from the part files' footers."""
     splits, schema = {}, None
     for split, table in tables.items():
@@ -292,7 +305,7 @@ def _describe(cfg: Config, layout: RunLayout, adapter: str | None, tables: dict[
                          "parts": len(files)}
     classifier = layout.features_dir / "classifier.json"
     return {
-        "model": cfg.model.name_or_path,
+        "model": model_path,
         "adapter": adapter,
         "task": cfg.model.task,
         "num_labels": schema.field("logits").type.list_size,

@@ -16,6 +16,8 @@ The recipe:
    (``finetune/tensorboard``) and stdout through a Ray Train callback.
 3. Outputs. The best checkpoint's adapter (PEFT format) and classification module are copied into
    ``finetune/``, next to ``metrics.json``; ``run_stage`` adds ``config.yaml`` and the manifest entry.
+   With ``lora: null`` every weight is trained and ``finetune/adapter/`` holds the whole model and its
+   tokenizer instead (``from_pretrained`` loads it; ``extract`` with ``adapter: finetune`` does).
 """
 
 from __future__ import annotations
@@ -138,7 +140,8 @@ def check_loss(cfg: Config, n_labels: int | None, train: pa.Table) -> None:
 
 
 def check_model(cfg: Config, n_labels: int | None) -> int:
-    """Build the model on the meta device (no weights) and apply LoRA to it; returns the hidden size.
+    """Build the model on the meta device (no weights) and apply LoRA to it (unless ``lora`` is null);
+    returns the hidden size.
 
     Raises:
         ConfigError: the model's config cannot be loaded.
@@ -157,8 +160,9 @@ def check_model(cfg: Config, n_labels: int | None) -> int:
         config.num_labels = n_labels
     with torch.device("meta"):
         model = getattr(transformers, AUTO_CLASSES[m.task]).from_config(config, trust_remote_code=m.trust_remote_code)
-        apply_lora(model, task=m.task, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
-                   target_modules=cfg.lora.target_modules, bias=cfg.lora.bias)
+        if cfg.lora is not None:
+            apply_lora(model, task=m.task, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
+                       target_modules=cfg.lora.target_modules, bias=cfg.lora.bias)
     return int(config.hidden_size)
 
 
@@ -268,6 +272,7 @@ def export(result: Result, cfg: Config, layout: RunLayout, *, rows: dict[str, in
         "task": cfg.model.task, "loss": cfg.train.loss, "select_metric": metric, "best": best_epoch,
         "epochs": state["history"], "steps": state["step"], "resumed_at_step": state["resumed_at_step"],
         "rows": rows, "workers": cfg.resources.num_workers, "deepspeed": cfg.deepspeed,
+        "full_parameters": cfg.lora is None,
     }
     atomic_write_json(layout.finetune_dir / "metrics.json", metrics)
     has_classifier = (layout.finetune_dir / CLASSIFIER_FILES[0]).is_file()

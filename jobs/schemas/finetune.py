@@ -138,7 +138,11 @@ class Config(ConfigModel):
 
     data: DataConfig
     model: ModelConfig
-    lora: LoraConfig = LoraConfig()
+    lora: LoraConfig | None = Field(
+        default_factory=LoraConfig, description="LoRA adapter settings; null trains every weight of the model "
+        "(full-parameter training, e.g. a small decoder trained from scratch) and the stage exports the whole "
+        "model (weights + tokenizer, loadable by from_pretrained) where it would export the adapter.",
+    )
     train: TrainSettings = TrainSettings()
     resources: RayResources = RayResources()
     deepspeed: str | None = Field(
