@@ -451,7 +451,7 @@ def write_page(output: Path, text: str) -> None:
     (``study_qa.splice_section``) byte for byte after it."""
     old = output.read_text(encoding="utf-8") if output.is_file() else ""
     tail = marked_tail(old)
-    atomic_write_bytes(output, (text + ("\n" + tail if tail else "")).encode())
+    atomic_write_bytes(output, (text.rstrip("\n") + "\n\n" + tail if tail else text).encode())
 
 
 def main() -> None:
