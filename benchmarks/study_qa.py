@@ -336,10 +336,14 @@ def render(study: QAStudyConfig, config_name: str, results: dict[str, dict[int, 
         + f". Hard = `rare` + `two_hop` (the friend's colour/home, never asked about that creature in training); "
         f"`ambiguous`: a creature that eats {t.ambiguity} foods, each equally often in training, the reference "
         "holds one of them drawn per row. Model: a Llama with a word-level tokenizer built on the generated text "
-        f"({qa.decoder.layers} layers, width {qa.decoder.hidden_size}, {params:,} parameters), random init per "
-        "seed (the same init for every loss of a seed), every weight trained (`lora: null`): "
+        f"({qa.decoder.layers} layers, width {qa.decoder.hidden_size}, {params:,} parameters), every weight "
+        "trained (`lora: null`). Per seed, the random decoder is first trained with CE (the base model, the "
+        "stand-in for a pretrained LM, since UA-CLM alone cannot learn from random init: "
+        + ", ".join(f"{k}={v}" for k, v in qa.base.items())
+        + "), then each loss fine-tunes that same base model ("
         + ", ".join(f"{k}={v}" for k, v in qa.train.items())
-        + f"; seeds {', '.join(map(str, study.seeds))}. Greedy answers of at most {qa.max_new_tokens} tokens; "
+        + f"); seeds {', '.join(map(str, study.seeds))} (a seed changes the init, dropout and shuffle; the task "
+        f"is the same). Greedy answers of at most {qa.max_new_tokens} tokens; "
         "correct = ROUGE-L > 0.3 against the reference; error = not correct.",
         "",
         "Losses: " + "; ".join(f"`{k}` = " + ", ".join(f"{a}={b}" for a, b in v.items())
@@ -373,6 +377,9 @@ def render(study: QAStudyConfig, config_name: str, results: dict[str, dict[int, 
             s, wall = r["seconds"], walls.get(f"qa-{loss}-s{seed}")
             cells = " | ".join(f"{s.get(k) or 0:.0f}" for k in ("finetune", "extract", "fit_heads"))
             lines.append(f"| qa-{loss}-s{seed} | {cells} | {'-' if wall is None else f'{wall:.0f}'} |")
+    base = [f"qa-base-s{seed} {walls[f'qa-base-s{seed}']:.0f} s" for seed in study.seeds if f"qa-base-s{seed}" in walls]
+    if base:
+        lines += ["", f"Base models (CE from random init, `ue run`): {', '.join(base)}."]
     if "_total" in walls:
         lines += ["", f"Wall time of the last full QA study invocation: {walls['_total'] / 60:.1f} min."]
     return "\n".join(lines) + "\n"
@@ -415,9 +422,12 @@ def _anchor_lines(results: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
         else:
             verdict = f"**does not move the same way** as the paper ({up} of {len(diffs)} seeds up)"
         size = "within" if abs(mean) <= std else "beyond"
+        acc = [100 * _mean([results[k][s]["accuracy"] for s in seeds]) for k in ("ce", loss)]
         lines.append(f"- `{loss}` vs `ce`: {mean:+.2f} +- {std:.2f} points (paired by seed: "
                      + ", ".join(f"{d:+.2f}" for d in diffs) + f"): {verdict}; the mean change is {size} one std "
-                     "of the per-seed changes.")
+                     f"of the per-seed changes. Accuracy {acc[0]:.2f}% -> {acc[1]:.2f}%"
+                     + (": the two ROC-AUCs rank different sets of errors, so the change is not only a better score."
+                        if abs(acc[1] - acc[0]) >= 5 else "."))
     return lines
 
 
