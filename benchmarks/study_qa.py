@@ -4,11 +4,13 @@
     .venv/bin/python benchmarks/study.py benchmarks/study_qa.yaml --render-only   # rewrite its section only
 
 ``benchmarks/study.py`` hands a config with a ``qa`` section to :func:`main`. It writes the task of
-``ue.synthetic_qa`` once (``<root>/data/synthetic_qa``), one random decoder per seed (the same init for
-every loss of that seed, so losses are compared pairwise), and for every loss and seed runs one pipeline
-through ``ue run``: full-parameter fine-tune (``lora: null``) -> extract (greedy answers, ROUGE-L
-correctness, mean token entropy, perplexity) -> ``fit_heads`` (msp, entropy, Mahalanobis + the two
-scores). Then, per run, the OOD questions (SQuAD and TriviaQA from ``$UE_DATA_DIR``, without their
+``ue.synthetic_qa`` once (``<root>/data/synthetic_qa``) and one random decoder per seed. Each seed's
+decoder is trained with CE first (pipeline ``qa-base-s<seed>``, a finetune stage only): the base model,
+standing in for a pretrained LM, because UA-CLM alone cannot learn from random init. Then for every
+loss and seed one pipeline runs through ``ue run`` from that base model (the same for every loss of a
+seed, so losses compare pairwise): full-parameter fine-tune (``lora: null``) -> extract (greedy answers,
+ROUGE-L correctness, mean token entropy, perplexity) -> ``fit_heads`` (msp, entropy, Mahalanobis + the
+two scores). Then, per run, the OOD questions (SQuAD and TriviaQA from ``$UE_DATA_DIR``, without their
 context) are answered by the fine-tuned model in this process and cached in ``<run>/ood.json``.
 
 The page section between ``<!-- begin study: <config file name> -->`` and its end marker is replaced
