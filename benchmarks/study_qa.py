@@ -321,7 +321,8 @@ def _mean(values: list[float]) -> float:
 
 
 def render(study: QAStudyConfig, config_name: str, results: dict[str, dict[int, dict[str, Any]]],
-           walls: dict[str, float], params: int) -> str:
+           walls: dict[str, float], params: int, base: dict[int, float] | None = None) -> str:
+    """The section's markdown; ``base``: each seed's base model's val token accuracy."""
     qa, t = study.qa, study.qa.task
     losses = list(results)
     shares = {k: _mean([r["by_kind"][k]["share"] for runs in results.values() for r in runs.values()]) for k in KINDS}
@@ -379,12 +380,18 @@ def render(study: QAStudyConfig, config_name: str, results: dict[str, dict[int, 
             s, wall = r["seconds"], walls.get(f"qa-{loss}-s{seed}")
             cells = " | ".join(f"{s.get(k) or 0:.0f}" for k in ("finetune", "extract", "fit_heads"))
             lines.append(f"| qa-{loss}-s{seed} | {cells} | {'-' if wall is None else f'{wall:.0f}'} |")
-    base = [f"qa-base-s{seed} {walls[f'qa-base-s{seed}']:.0f} s" for seed in study.seeds if f"qa-base-s{seed}" in walls]
     if base:
-        lines += ["", f"Base models (CE from random init, `ue run`): {', '.join(base)}."]
+        lines += ["", "Base models (CE from random init), val token accuracy of the exported epoch and the wall time "
+                  "of their `ue run`: " + ", ".join(
+                      f"seed {seed} {100 * acc:.1f}% ({_seconds(walls.get(f'qa-base-s{seed}'))})"
+                      for seed, acc in base.items()) + "."]
     if "_total" in walls:
         lines += ["", f"Wall time of the last full QA study invocation: {walls['_total'] / 60:.1f} min."]
     return "\n".join(lines) + "\n"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} s"
 
 
 def _ood_lines(study: QAStudyConfig, results: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
@@ -453,7 +460,9 @@ def main(config: Path, *, render_only: bool) -> None:
         walls["_total"] = time.perf_counter() - started
         atomic_write_bytes(walls_file, json.dumps(walls, indent=2).encode())
     results = collect(study, root)
-    body = render(study, config.name, results, walls, decoder_params(root, study.seeds[0]))
+    base = {seed: json.loads((RunLayout(root, f"qa-base-s{seed}").finetune_dir / "metrics.json").read_text())
+            ["best"]["val_accuracy"] for seed in study.seeds}
+    body = render(study, config.name, results, walls, decoder_params(root, study.seeds[0]), base)
     output = REPO / study.output
     page = output.read_text(encoding="utf-8") if output.is_file() else ""
     atomic_write_bytes(output, splice_section(page, config.name, body).encode())

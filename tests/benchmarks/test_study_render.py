@@ -51,7 +51,7 @@ def glue_text(study: Any, results: dict[str, Any]) -> str:
 
 def qa_text(study_qa: Any, results: dict[str, Any]) -> str:
     cfg = load_config(study_qa.QAStudyConfig, REPO / "benchmarks" / "study_qa.yaml")
-    return study_qa.render(cfg, "study_qa.yaml", results, {}, 1234)
+    return study_qa.render(cfg, "study_qa.yaml", results, {"qa-base-s0": 61.0}, 1234, {0: 0.7, 1: 0.65, 2: 0.6})
 
 
 def test_each_study_rewrites_only_its_own_part_of_the_page(studies, tmp_path: Path):
@@ -105,3 +105,4 @@ def test_the_qa_section_states_the_anchor_verdict_from_the_numbers(studies):
     assert ("`ua_clm` vs `ce`: +5.00 +- 0.00 points (paired by seed: +5.00, +5.00, +5.00): moves the same way as "
             "the paper on every seed") in text
     assert "| ce | 70.00 +- 0.00 | 61.00 +- 1.00 |" in text  # accuracy, then token entropy over seeds 0-2
+    assert "seed 0 70.0% (61 s), seed 1 65.0% (-)" in text
