@@ -107,6 +107,7 @@ def run(
     import os
 
     from cluster.runner import StageFailed, log_tail, run_embedded
+    from cluster.tracking import TrackingError
     from ue.artifacts import RunLocked
 
     pipe = _load(pipeline, overrides)
@@ -118,6 +119,8 @@ def run(
         run_embedded(pipe, verbose=verbose, num_cpus=num_cpus)
     except RunLocked as exc:
         _fail(str(exc), 1)
+    except TrackingError as exc:
+        _fail(str(exc), 2)
     except StageFailed as exc:
         out.print(log_tail(exc.log), markup=False)
         _fail(f"{exc}\nfull log: {exc.log}\nrerun the same command to carry on from this stage", 1)
