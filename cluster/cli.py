@@ -333,6 +333,8 @@ def serve(
         impl.run_function()(cfg)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc), 2)
+    except RuntimeError as exc:  # a replica failed to start: its traceback is in Ray's serve logs
+        _fail(f"{exc}\nthe replica's error is in Ray's logs (logs/serve/ under the Ray session folder)", 1)
     finally:
         if started:
             import ray

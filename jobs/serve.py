@@ -209,8 +209,9 @@ def build_app(cfg: Config) -> Any:
 
 def start(cfg: Config) -> str:
     """Start Serve's HTTP proxy at ``cfg.http`` and deploy the app (Ray must be running); returns its URL."""
-    serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port})
-    serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/", blocking=False)
+    logging_config = {"enable_access_log": cfg.access_log}
+    serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port}, logging_config=logging_config)
+    serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/", blocking=False, logging_config=logging_config)
     return f"http://{cfg.http.host}:{cfg.http.port}"
 
 

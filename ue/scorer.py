@@ -152,6 +152,13 @@ class Scorer:
         if task not in TASKS:
             raise ValueError(f"task {task!r}: scoring supports {' and '.join(TASKS)}")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if num_labels is None:  # a fine-tuned checkpoint knows its classes
+            from transformers import AutoConfig
+
+            from ue.config.paths import resolve_model_path
+
+            num_labels = AutoConfig.from_pretrained(resolve_model_path(name_or_path),
+                                                    trust_remote_code=trust_remote_code).num_labels
         tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
         # Without an adapter the checkpoint must bring its classifier: a random one scores noise.
         refuse = adapter is None and not allow_new_weights

@@ -69,6 +69,8 @@ class Config(ConfigModel):
     max_items: int = Field(256, description="Texts per request at most (413 above).")
     max_text_chars: int = Field(20_000, description="Characters per text at most (413 above).")
     max_body_mb: float = Field(8, description="Request body size at most, in MiB (413 above).")
+    access_log: bool = Field(False, description="Serve's access log line per request (method, route, status, "
+                             "latency; never the body); off saves work on every request.")
     replicas: ReplicaConfig = Field(default_factory=ReplicaConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     app_name: str = Field("ueray", description="Ray Serve application name.")
