@@ -8,12 +8,12 @@ measured, so a fine-tune adds nothing); heads msp and entropy; texts: SST-2 test
 
 - ours: ``ue serve <run>`` in its own process (Ray started by it with 2 CPUs, one replica holding
   one ``ue.Scorer`` with ``--threads`` torch threads, ``@serve.batch`` of up to 64 requests waiting
-  at most 10 ms), HTTP on 127.0.0.1; stopped with SIGTERM at the end, which also checks that it shuts
-  down gracefully.
+  at most 10 ms, forward passes of 16 rows of similar length), HTTP on 127.0.0.1; stopped with
+  SIGTERM at the end, which also checks that it shuts down gracefully.
 - baseline: one uvicorn process on 127.0.0.1 serving a FastAPI app whose POST handler calls
   ``pipeline("text-classification", top_k=None, truncation=True, max_length=128)`` on the request's
-  text (one forward per request; sync handler, so FastAPI's thread pool runs them), torch with the
-  same ``--threads``.
+  text (one forward per request; sync handler, so FastAPI's thread pool runs several at once), torch
+  with the same ``--threads`` (default: every core, as both servers would run by default).
 
 The client is aiohttp in this process: N tasks each sending one request after the other for
 ``--seconds`` (after a warm-up of 1 s); throughput is the requests completed in that window, latency
@@ -178,7 +178,7 @@ def start_ours(model_dir: Path, run_dir: Path, port: int, threads: int) -> subpr
     env = {**os.environ, "PYTHONPATH": str(ROOT), "UE_LOG_LEVEL": "WARNING"}
     args = [sys.executable, "-m", "cluster.cli", "serve", str(run_dir), "--port", str(port), "--num-cpus", "2",
             f"model.name_or_path={model_dir}", "adapter=null", "heads=[msp,entropy]", "max_batch_size=64",
-            "batch_wait_timeout_s=0.01", "batch_size=64", f"replicas.cpus_per_replica={threads}"]
+            "batch_wait_timeout_s=0.01", f"replicas.cpus_per_replica={threads}"]
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
 
@@ -195,7 +195,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="timed window per level and repeat")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of each server")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads of each server (default: every core, torch's own default)")
     parser.add_argument("--quick", action="store_true", help="1 repeat of 4 s per level")
     args = parser.parse_args()
     if args.quick:
