@@ -10,7 +10,7 @@ Recipe:
    that already have a progress record are skipped (resume).
 2. A Ray Data stream: read tasks parse one block each into good and bad rows (one Ray row per
    block, so a block never splits; they reserve no CPU, the model does the work); an actor pool,
-   one model replica per actor (one per GPU when there are GPUs), scores one block per call and
+   one ``ue.Scorer`` per actor (one per GPU when there are GPUs), scores one block per call and
    writes ``scores/quarantine/<block>.parquet`` (bad rows, if any), ``scores/<block>.parquet`` and
    last ``scores/progress/<block>.json``, each atomically. The driver logs progress and rows/s.
 3. The summary: counts of rows scored, quarantined, truncated and accepted, summed from the progress

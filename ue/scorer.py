@@ -36,7 +36,7 @@ ACCEPT_DEFAULTS = {"head": None, "target_error": 0.05, "delta": 0.1, "min_accept
 """Keys of the ``accept`` mapping of :meth:`Scorer.from_run` (``jobs.schemas.score.AcceptConfig``)."""
 
 
-def resolved(path: str | None) -> str | None:
+def _resolved(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
@@ -46,11 +46,11 @@ def check_same_model(layout: RunLayout, model: str, adapter: str | None) -> dict
     if not layout.features_meta.is_file():
         return None
     meta = read_json(layout.features_meta)
-    theirs = (meta.get("model"), resolved(meta.get("adapter")))
-    if theirs != (model, resolved(adapter)):
+    theirs = (meta.get("model"), _resolved(meta.get("adapter")))
+    if theirs != (model, _resolved(adapter)):
         raise ValueError(
             f"{layout.features_meta}: the cached features come from model {theirs[0]!r} with adapter {theirs[1]!r}, "
-            f"but scoring would use {model!r} with {resolved(adapter)!r}; heads and the accept threshold only hold "
+            f"but scoring would use {model!r} with {_resolved(adapter)!r}; heads and the accept threshold only hold "
             "for the model they were fitted on: score with that model, or re-run extract"
         )
     return meta
