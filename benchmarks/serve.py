@@ -6,14 +6,17 @@ initialised from seed 0, saved as a checkpoint in a fresh run directory (only th
 measured, so a fine-tune adds nothing); heads msp and entropy; texts: SST-2 test sentences from
 ``$UE_DATA_DIR`` (synthetic sentences without it), one text per request, truncation at 128 tokens.
 
-- ours: ``ue serve <run>`` in its own process (Ray started by it with 2 CPUs, one replica holding
-  one ``ue.Scorer`` with ``--threads`` torch threads, ``@serve.batch`` of up to 64 requests waiting
-  at most 10 ms, forward passes of 16 rows of similar length), HTTP on 127.0.0.1; stopped with
-  SIGTERM at the end, which also checks that it shuts down gracefully.
+- ours: ``ue serve <run>`` in its own process (Ray started by it with ``--replicas`` CPUs, that many
+  replicas each holding one ``ue.Scorer`` with one torch thread, ``@serve.batch`` of up to 64
+  requests waiting at most 10 ms, forward passes of 16 rows of similar length), HTTP on 127.0.0.1;
+  stopped with SIGTERM at the end, which also checks that it shuts down gracefully. One thread per
+  replica: on cores shared with other work a 2-thread OpenMP pool in a replica was several times
+  slower (2.4 against 6-9 requests/s at one client).
 - baseline: one uvicorn process on 127.0.0.1 serving a FastAPI app whose POST handler calls
   ``pipeline("text-classification", top_k=None, truncation=True, max_length=128)`` on the request's
   text (one forward per request; sync handler, so FastAPI's thread pool runs several at once), torch
-  with the same ``--threads`` (default: every core, as both servers would run by default).
+  with ``--baseline-threads`` threads (default: every core, torch's default; it measured faster here
+  than one thread).
 
 The client is aiohttp in this process: N tasks each sending one request after the other for
 ``--seconds`` (after a warm-up of 1 s); throughput is the requests completed in that window, latency
@@ -174,11 +177,11 @@ async def load(url: str, corpus: list[str], clients: int, seconds: float) -> dic
             "n": len(latencies)}
 
 
-def start_ours(model_dir: Path, run_dir: Path, port: int, threads: int) -> subprocess.Popen:
+def start_ours(model_dir: Path, run_dir: Path, port: int, replicas: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "UE_LOG_LEVEL": "WARNING"}
-    args = [sys.executable, "-m", "cluster.cli", "serve", str(run_dir), "--port", str(port), "--num-cpus", "2",
-            f"model.name_or_path={model_dir}", "adapter=null", "heads=[msp,entropy]", "max_batch_size=64",
-            "batch_wait_timeout_s=0.01", f"replicas.cpus_per_replica={threads}"]
+    args = [sys.executable, "-m", "cluster.cli", "serve", str(run_dir), "--port", str(port), "--num-cpus",
+            str(replicas), "--replicas", str(replicas), f"model.name_or_path={model_dir}", "adapter=null",
+            "heads=[msp,entropy]", "max_batch_size=64", "batch_wait_timeout_s=0.01", "replicas.cpus_per_replica=1"]
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
 
@@ -195,8 +198,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="timed window per level and repeat")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch threads of each server (default: every core, torch's own default)")
+    parser.add_argument("--replicas", type=int, default=os.cpu_count() or 1, help="ue serve replicas (1 thread each)")
+    parser.add_argument("--baseline-threads", type=int, default=os.cpu_count() or 1, help="baseline torch threads")
     parser.add_argument("--quick", action="store_true", help="1 repeat of 4 s per level")
     args = parser.parse_args()
     if args.quick:
@@ -212,8 +215,8 @@ def main() -> None:
         for name in ("ours", "baseline"):
             port = free_port()
             started = time.monotonic()
-            proc = (start_ours(model_dir, folder / "runs" / "bench", port, args.threads) if name == "ours"
-                    else start_baseline(model_dir, port, args.threads, folder))
+            proc = (start_ours(model_dir, folder / "runs" / "bench", port, args.replicas) if name == "ours"
+                    else start_baseline(model_dir, port, args.baseline_threads, folder))
             servers[name] = (proc, f"http://127.0.0.1:{port}")
             wait_ready(servers[name][1], proc)
             print(f"{name}: ready in {time.monotonic() - started:.1f}s", flush=True)
@@ -228,7 +231,8 @@ def main() -> None:
                               f"{stats['errors']} errors", flush=True)
         finally:
             shutdown = {name: stop(proc) for name, (proc, _) in servers.items()}
-    print(f"\nmedians of {args.repeats} run(s) of {args.seconds:g} s, torch threads per server: {args.threads}")
+    print(f"\nmedians of {args.repeats} run(s) of {args.seconds:g} s; ours: {args.replicas} replica(s) x 1 torch "
+          f"thread, baseline: {args.baseline_threads} torch thread(s)")
     print(f"{'clients':>7}  {'ours req/s':>10} {'p50':>7} {'p99':>7}  {'base req/s':>10} {'p50':>7} {'p99':>7}  ratio")
     med = {name: {n: {k: statistics.median(r[k] for r in runs[n]) for k in ("rps", "p50_ms", "p99_ms")}
                   for n in LEVELS} for name, runs in results.items()}
