@@ -136,3 +136,15 @@ def test_serve_config_checks_itself_and_binds_to_loopback():
         with pytest.raises(ConfigError, match=message):
             load_config(ServeConfig, data=change)
     assert np.isfinite(cfg.batch_wait_timeout_s)
+
+
+def test_ue_serve_refuses_a_missing_run_and_a_bad_key_with_exit_code_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from cluster.cli import app
+
+    runner = CliRunner()
+    missing = runner.invoke(app, ["serve", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "is not a run directory" in missing.output
+    bad = runner.invoke(app, ["serve", str(tmp_path), "http.prot=80"])
+    assert bad.exit_code == 2 and "http.prot: unknown key" in bad.output
