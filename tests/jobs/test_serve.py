@@ -83,6 +83,10 @@ def test_scorer_http_and_the_score_stage_give_identical_columns(served):
     assert two == scorer.score_rows(texts[:2])
     np.testing.assert_allclose([r["u_msp"] for r in two], [r["u_msp"] for r in local[:2]], rtol=1e-6)
 
+    pairs = {"pairs": [[a, b] for a, b in zip(texts[:4], texts[4:8], strict=True)]}
+    paired = requests.post(served["url"], json=pairs, timeout=60).json()["rows"]
+    assert paired == scorer.score_rows(texts[:4], texts[4:8]) and paired != scorer.score_rows(texts[:4])
+
     health = requests.get(f"{served['url']}/healthz", timeout=10)
     assert health.status_code == 200 and health.json()["columns"][1:3] == ["pred", "confidence"]
 
