@@ -329,7 +329,10 @@ def _run_all(pipe: Pipeline, console: Console, capture: bool, num_cpus: int | No
         ended = "FINISHED"
     finally:
         if tracker is not None:
-            tracker.finish(ended)
+            try:
+                tracker.finish(ended)
+            except Exception as exc:  # the stages' own outcome (or error) is what matters here
+                console.print(f"[yellow]tracking: could not end the MLflow run[/] ({escape(str(exc))})")
         if ray_started:
             import ray
 
