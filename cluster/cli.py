@@ -141,6 +141,7 @@ def submit(
     from cluster.auth import AuthProblem
     from cluster.runner import StageFailed
     from cluster.submit import ClusterUnreachable, StageStopped, submit_pipeline
+    from cluster.tracking import TrackingError
 
     pipe = _load(pipeline, overrides, check_files=False)
     client = _client(address, verbose)
@@ -148,6 +149,8 @@ def submit(
     out.print(f"run [bold]{pipe.run_id}[/] on {client.address}")
     try:
         submit_pipeline(pipe, client, console=out, quiet=quiet)
+    except TrackingError as exc:
+        _fail(str(exc), 2)
     except AuthProblem as exc:
         _fail(str(exc), 3)
     except ClusterUnreachable as exc:

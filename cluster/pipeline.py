@@ -97,7 +97,7 @@ class SubmitConfig(ConfigModel):
 
 
 class MlflowConfig(ConfigModel):
-    """Where ``ue run`` logs the pipeline (``cluster.tracking``)."""
+    """Where ``ue run`` and ``ue submit`` log the pipeline (``cluster.tracking``)."""
 
     uri: str = Field(description="MLflow tracking URI, e.g. file:./mlruns or http://mlflow:5000.")
     experiment: str = Field("ueray", description="Experiment name; created when missing.")
@@ -127,7 +127,8 @@ class PipelineConfig(ConfigModel):
     max_backoff_s: float = Field(300.0, ge=0, description="Longest wait between retries.")
     stages: list[StageSpec] = Field(min_length=1, description="Stages in the order they run.")
     submit: SubmitConfig = Field(default_factory=SubmitConfig)
-    tracking: TrackingConfig | None = Field(None, description="Experiment tracking (ue run); null = off.")
+    tracking: TrackingConfig | None = Field(None, description="Experiment tracking (ue run, ue submit); "
+                                            "null = off.")
 
     @field_validator("run_id")
     @classmethod
