@@ -140,10 +140,14 @@ def submit(
     """Submit each stage as a Ray Job (<run_id>-<stage>-<attempt>), follow it, retry failures."""
     from cluster.auth import AuthProblem
     from cluster.runner import StageFailed
-    from cluster.submit import ClusterUnreachable, StageStopped, submit_pipeline
+    from cluster.submit import ClusterUnreachable, StageStopped, check_tracking, submit_pipeline
     from cluster.tracking import TrackingError
 
     pipe = _load(pipeline, overrides, check_files=False)
+    try:
+        check_tracking(pipe)  # before connecting: nothing to ask the cluster if this cannot be tracked
+    except TrackingError as exc:
+        _fail(str(exc), 2)
     client = _client(address, verbose)
     out = _out()
     out.print(f"run [bold]{pipe.run_id}[/] on {client.address}")

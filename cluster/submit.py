@@ -236,12 +236,16 @@ def submit_pipeline(
     return outcomes
 
 
-def _open_tracker(pipe: Pipeline) -> MlflowTracker | None:
-    """The pipeline's tracker; a URI run root is refused, since this client reads the stages' files."""
+def check_tracking(pipe: Pipeline) -> None:
+    """Refuse ``tracking`` with a URI run root: this client reads the stages' files to log them."""
     if pipe.config.tracking is not None and pipe.config.tracking.mlflow is not None and not pipe.is_local:
         raise TrackingError(f"tracking.mlflow with `ue submit` needs a run root this machine can read (a path "
                             f"on a shared or local disk); root {pipe.root!r} is a URI, so the stages' metrics "
                             "could not be read here. Use a path root, or drop tracking for this submission.")
+
+
+def _open_tracker(pipe: Pipeline) -> MlflowTracker | None:
+    check_tracking(pipe)
     return open_tracker(pipe)
 
 

@@ -22,7 +22,7 @@ from cluster.stages import STAGE_IMPLS
 from cluster.submit import META_STAGE, submit_pipeline
 from cluster.tracking import MlflowTracker, TrackingError, numbers, open_tracker
 from jobs._common import parse_args
-from tests.cluster.helpers import write_pipeline
+from tests.cluster.helpers import ue, write_pipeline
 from ue.artifacts import Manifest, atomic_write_json
 from ue.config import load_config
 
@@ -147,7 +147,7 @@ def test_a_submitted_pipeline_is_logged_as_ue_run_logs_it(tmp_path, monkeypatch)
     assert len(client.search_runs([experiment.experiment_id], "tags.`ueray.stage` = 'toy_a'")) == 1  # skipped
 
 
-def test_submit_refuses_tracking_when_the_run_root_is_a_uri(tmp_path, monkeypatch):
+def test_submit_refuses_tracking_when_the_run_root_is_a_uri(tmp_path, monkeypatch, env):
     from rich.console import Console
 
     path = write_pipeline(tmp_path / "p.yaml", "r", "s3://bucket/runs", [{"stage": "toy_a"}],
@@ -156,6 +156,9 @@ def test_submit_refuses_tracking_when_the_run_root_is_a_uri(tmp_path, monkeypatc
     with pytest.raises(TrackingError, match="s3://bucket/runs.* is a URI"):
         submit_pipeline(load_pipeline(path, check_files=False), cluster, console=Console(quiet=True))
     assert cluster.status_of == {}  # nothing was submitted
+    # The command refuses it before it looks for a cluster (nothing listens at this address).
+    proc = ue("submit", str(path), "--address", "http://127.0.0.1:9", env=env)
+    assert proc.returncode == 2 and "is a URI" in proc.stderr + proc.stdout, proc.stderr
 
 
 def test_a_run_directory_this_machine_does_not_see_gets_config_and_status_only(tmp_path, monkeypatch):
