@@ -107,6 +107,7 @@ def run(
     import os
 
     from cluster.runner import StageFailed, log_tail, run_embedded
+    from cluster.tracking import TrackingError
     from ue.artifacts import RunLocked
 
     pipe = _load(pipeline, overrides)
@@ -118,6 +119,8 @@ def run(
         run_embedded(pipe, verbose=verbose, num_cpus=num_cpus)
     except RunLocked as exc:
         _fail(str(exc), 1)
+    except TrackingError as exc:
+        _fail(str(exc), 2)
     except StageFailed as exc:
         out.print(log_tail(exc.log), markup=False)
         _fail(f"{exc}\nfull log: {exc.log}\nrerun the same command to carry on from this stage", 1)
@@ -137,14 +140,21 @@ def submit(
     """Submit each stage as a Ray Job (<run_id>-<stage>-<attempt>), follow it, retry failures."""
     from cluster.auth import AuthProblem
     from cluster.runner import StageFailed
-    from cluster.submit import ClusterUnreachable, StageStopped, submit_pipeline
+    from cluster.submit import ClusterUnreachable, StageStopped, check_tracking, submit_pipeline
+    from cluster.tracking import TrackingError
 
     pipe = _load(pipeline, overrides, check_files=False)
+    try:
+        check_tracking(pipe)  # before connecting: nothing to ask the cluster if this cannot be tracked
+    except TrackingError as exc:
+        _fail(str(exc), 2)
     client = _client(address, verbose)
     out = _out()
     out.print(f"run [bold]{pipe.run_id}[/] on {client.address}")
     try:
         submit_pipeline(pipe, client, console=out, quiet=quiet)
+    except TrackingError as exc:
+        _fail(str(exc), 2)
     except AuthProblem as exc:
         _fail(str(exc), 3)
     except ClusterUnreachable as exc:
@@ -289,6 +299,54 @@ def report(
         _fail(str(exc), 2)
     outputs = impl.run_function()(cfg)
     _out().print(f"report: {outputs.get('html', root / run_id / 'report' / 'report.html')}")
+
+
+@app.command()
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="The run directory, <root>/<run_id>.")],
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="key.sub=value of the serve config, e.g. heads=[alien,msp] accept.head=alien.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="A serve stage YAML (jobs.schemas.serve).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default 8000).")] = None,
+    replicas: Annotated[int | None, typer.Option(help="Model replicas (default: one per GPU, else 1).")] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs for the in-process Ray.")] = None,
+) -> None:
+    """Serve a run's model and heads over HTTP (Ray Serve): POST {"texts": [...]} -> {"rows": [...]}."""
+    import logging
+    import os
+
+    from cluster.stages import STAGE_IMPLS
+    from ue.config import ConfigError, load_config, merge, parse_overrides
+
+    run_dir = run_dir.expanduser().resolve()
+    if not run_dir.is_dir():
+        _fail(f"{run_dir} is not a run directory", 2)
+    given = {"http": {k: v for k, v in (("host", host), ("port", port)) if v is not None}}
+    if replicas is not None:
+        given["replicas"] = {"num_replicas": replicas}
+    where = {"run": {"root": str(run_dir.parent), "run_id": run_dir.name}}
+    tree = merge(parse_overrides(overrides or []), {**given, **where})
+    impl = STAGE_IMPLS.get("serve")
+    try:
+        cfg = load_config(impl.config_class(), config, overrides=tree)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    logging.basicConfig(level=os.environ.get("UE_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
+    from jobs._common import init_ray
+
+    started = init_ray(num_cpus)
+    try:
+        impl.run_function()(cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc), 2)
+    except RuntimeError as exc:  # a replica failed to start: its traceback is in Ray's serve logs
+        _fail(f"{exc}\nthe replica's error is in Ray's logs (logs/serve/ under the Ray session folder)", 1)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
 
 
 @cluster_app.command("start-local")

@@ -96,6 +96,26 @@ class SubmitConfig(ConfigModel):
         return value
 
 
+class MlflowConfig(ConfigModel):
+    """Where ``ue run`` and ``ue submit`` log the pipeline (``cluster.tracking``)."""
+
+    uri: str = Field(description="MLflow tracking URI, e.g. file:./mlruns or http://mlflow:5000.")
+    experiment: str = Field("ueray", description="Experiment name; created when missing.")
+
+    @field_validator("uri", "experiment")
+    @classmethod
+    def _given(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty, e.g. uri: file:./mlruns")
+        return value
+
+
+class TrackingConfig(ConfigModel):
+    """Experiment tracking of a pipeline run; needs the tracking extra (pip install 'ueray[tracking]')."""
+
+    mlflow: MlflowConfig | None = Field(None, description="Log each stage's config, metrics and outputs to MLflow.")
+
+
 class PipelineConfig(ConfigModel):
     """A pipeline file: run id, run root, retry policy and the ordered stages."""
 
@@ -107,6 +127,8 @@ class PipelineConfig(ConfigModel):
     max_backoff_s: float = Field(300.0, ge=0, description="Longest wait between retries.")
     stages: list[StageSpec] = Field(min_length=1, description="Stages in the order they run.")
     submit: SubmitConfig = Field(default_factory=SubmitConfig)
+    tracking: TrackingConfig | None = Field(None, description="Experiment tracking (ue run, ue submit); "
+                                            "null = off.")
 
     @field_validator("run_id")
     @classmethod

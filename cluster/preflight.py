@@ -4,9 +4,9 @@ and `ue run` both refuse), with no network and without importing torch.
 
 - fit_heads: every ``heads[i].name`` is a registered head;
 - tune: every search's head (its own or its preset's) is a trained head;
-- score: every head, ``accept.head`` and ``ood`` is ``msp``/``entropy``, a head an earlier
+- score, serve: every head, ``accept.head`` and ``ood`` is ``msp``/``entropy``, a head an earlier
   fit_heads or tune stage of this pipeline saves, or a folder already under ``<run>/heads/``;
-  every ``corpus.paths`` entry matches a file;
+  score: every ``corpus.paths`` entry matches a file;
 - finetune, extract, score: a ``model.name_or_path`` written as a path (``/``, ``./``, ``../``,
   ``~``) is a folder; finetune: every ``lora.target_modules`` entry names a module of a local
   model (read from its safetensors headers); finetune, extract: ``data.name`` is a file or a folder (here or under
@@ -47,7 +47,7 @@ def check(pipe: Pipeline, *, check_files: bool = True) -> list[Problem]:
     for index, stage in enumerate(pipe.stages):
         where = f"stages.{index} {stage.name}"
         source = stage.spec.config if isinstance(stage.spec.config, str) else f"{pipe.path} (stages.{index}.config)"
-        checks = [{"fit_heads": _fit_heads, "tune": _tune, "score": _score}.get(stage.name)]
+        checks = [{"fit_heads": _fit_heads, "tune": _tune, "score": _score, "serve": _heads}.get(stage.name)]
         checks += [_model, _lora, _data] if check_files else []
         heads_dir = pipe.layout.run_dir / "heads" if check_files and pipe.is_local else None
         for check_stage in filter(None, checks):
@@ -82,7 +82,18 @@ def _score(cfg: Any, *, saved: list[str], heads_dir: Path | None) -> Found:
 
     if heads_dir is None:
         return
+    yield from _heads(cfg, saved=saved, heads_dir=heads_dir)
+    for i, path in enumerate(cfg.corpus.paths):
+        try:
+            list_inputs([path], format=cfg.corpus.format, derived_ids=False)
+        except (FileNotFoundError, ValueError) as exc:
+            yield f"corpus.paths.{i}", str(exc), path, "give an existing file, folder or glob"
 
+
+def _heads(cfg: Any, *, saved: list[str], heads_dir: Path | None) -> Found:
+    """The heads a score or serve stage names: post-hoc, saved by an earlier stage, or fitted already."""
+    if heads_dir is None:
+        return
     named = [(f"heads.{i}", name) for i, name in enumerate(cfg.heads)]
     named += [("ood", cfg.ood)] if cfg.ood else []
     for key, name in named:
@@ -92,11 +103,6 @@ def _score(cfg: Any, *, saved: list[str], heads_dir: Path | None) -> Found:
                "does not exist", name,
                f"fit it in a fit_heads stage (heads: [{{name: {name}}}]) or use {' / '.join(POST_HOC)}"
                + (f"; this pipeline saves {', '.join(saved)}" if saved else ""))
-    for i, path in enumerate(cfg.corpus.paths):
-        try:
-            list_inputs([path], format=cfg.corpus.format, derived_ids=False)
-        except (FileNotFoundError, ValueError) as exc:
-            yield f"corpus.paths.{i}", str(exc), path, "give an existing file, folder or glob"
 
 
 def _model(cfg: Any, **_: Any) -> Found:

@@ -32,6 +32,7 @@ from rich.table import Column
 from cluster.auth import default_token_path, keep_private
 from cluster.pipeline import Pipeline, PlannedStage, record_pipeline
 from cluster.reaper import start_reaper, stop_reaper
+from cluster.tracking import MlflowTracker, open_tracker
 from ue.artifacts import Manifest, run_lock
 from ue.config import stage_hash
 
@@ -294,6 +295,7 @@ def run_embedded(
 def _run_all(pipe: Pipeline, console: Console, capture: bool, num_cpus: int | None,
              sleep: Callable[[float], None]) -> list[StageOutcome]:
     logs = pipe.layout.run_dir / "logs"
+    tracker = open_tracker(pipe)  # before any stage: a missing MLflow fails the run at once
     record_pipeline(pipe.layout, file=str(pipe.path), mode="embedded", stages=[s.name for s in pipe.stages],
                     started=time.time())
     display = _Display(console, pipe.stages)
@@ -301,6 +303,7 @@ def _run_all(pipe: Pipeline, console: Console, capture: bool, num_cpus: int | No
     ran: str | None = None  # the first stage this invocation ran; every later one runs too
     ray_started = False
     reaper: subprocess.Popen | None = None
+    ended = "FAILED"
     try:
         with display.progress:
             for stage in pipe.stages:
@@ -313,9 +316,23 @@ def _run_all(pipe: Pipeline, console: Console, capture: bool, num_cpus: int | No
                     reaper = start_reaper(os.getpid())
                     with _output_to(logs / "ray.log" if capture else None):
                         ray_started = _start_ray(num_cpus)
-                outcomes.append(_run_stage(pipe, stage, display, logs, capture, sleep))
+                try:
+                    outcomes.append(_run_stage(pipe, stage, display, logs, capture, sleep))
+                except StageFailed as exc:
+                    _track(tracker, display, pipe, stage, status="FAILED", error=exc.error)
+                    raise
+                except KeyboardInterrupt:
+                    ended = "KILLED"
+                    raise
+                _track(tracker, display, pipe, stage, status="FINISHED", seconds=outcomes[-1].seconds)
                 ran = ran or stage.name
+        ended = "FINISHED"
     finally:
+        if tracker is not None:
+            try:
+                tracker.finish(ended)
+            except Exception as exc:  # the stages' own outcome (or error) is what matters here
+                console.print(f"[yellow]tracking: could not end the MLflow run[/] ({escape(str(exc))})")
         if ray_started:
             import ray
 
@@ -325,6 +342,17 @@ def _run_all(pipe: Pipeline, console: Console, capture: bool, num_cpus: int | No
             stop_reaper(reaper)
     record_pipeline(pipe.layout, finished=time.time())
     return outcomes
+
+
+def _track(tracker: MlflowTracker | None, display: _Display, pipe: Pipeline, stage: PlannedStage, *, status: str,
+           seconds: float = 0.0, error: str | None = None) -> None:
+    """Log a stage to the tracker; a tracking failure is shown, never fails the run."""
+    if tracker is None:
+        return
+    try:
+        tracker.log_stage(pipe, stage, status=status, seconds=seconds, error=error)
+    except Exception as exc:
+        display.note(stage.name, f"[yellow]not tracked[/] ({escape(f'{type(exc).__name__}: {exc}')})")
 
 
 def _run_stage(

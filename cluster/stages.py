@@ -52,7 +52,7 @@ class StageImpl:
 
 
 STAGE_IMPLS: Registry[StageImpl] = Registry("stage")
-"""Stages a pipeline may name. The six built-in ones; tests register tiny stages of their own."""
+"""Stages a pipeline may name. The built-in ones (jobs.schemas.STAGES); tests register tiny stages of their own."""
 
 
 def register_stage(impl: StageImpl) -> StageImpl:

@@ -6,6 +6,14 @@ submitted twice. Each job gets the repository as its working dir (without .git, 
 data/), the pipeline's environment, the stage's entrypoint resources and metadata naming the run.
 The job's command line carries the stage's fully resolved config as one JSON override per top-level
 key, so the job validates exactly what the driver validated (and hashes it the same way).
+
+Tracking (``tracking.mlflow``) is done here, by the submitting client, not inside the jobs: after each
+job ends, the client logs the stage with ``cluster.tracking.MlflowTracker`` from the files the job
+wrote under the run directory, which gives the same MLflow layout as ``ue run`` (one pipeline run, a
+nested run per stage) with one implementation, and needs neither MLflow on the cluster nor a store the
+cluster can reach. It needs the run directory to be readable here: a URI root (``s3://...``) is
+refused before anything is submitted; a path root this machine does not see (a remote cluster's own
+disk) gets each stage's config and status logged, with a warning that its metrics are missing.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from rich.markup import escape
 from cluster.auth import AuthProblem, Token, missing_token_message, redact, rejected_token_message
 from cluster.pipeline import Pipeline, PlannedStage, record_pipeline
 from cluster.runner import StageFailed, StageOutcome, can_skip, submission_id
+from cluster.tracking import MlflowTracker, TrackingError, open_tracker
+from ue.artifacts import Manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 UPLOAD_EXCLUDES = ["/.git", "/.venv", "/runs", "/data", "__pycache__", "*.egg-info", ".pytest_cache",
@@ -179,24 +189,79 @@ def submit_pipeline(
 ) -> list[StageOutcome]:
     """Submit the stages one after another, follow each to its end, retry failures with backoff.
 
+    With ``tracking.mlflow`` set, each stage that ran is logged to MLflow once its job has ended
+    (see the module docstring).
+
     Raises:
+        TrackingError: tracking is set but cannot work (MLflow missing, store unusable, a URI run
+            root); raised before any job is submitted.
         StageFailed: a stage failed on its last attempt.
         StageStopped: a stage's job was stopped.
     """
     env = runtime_env(pipe, working_dir)
+    tracker = _open_tracker(pipe)
     if pipe.is_local:
         record_pipeline(pipe.layout, file=str(pipe.path), mode="submit", address=client.address,
                         stages=[s.name for s in pipe.stages], started=time.time())
     outcomes = []
     ran: str | None = None
-    for stage in pipe.stages:
-        if can_skip(pipe, stage, ran):
-            console.print(f"{stage.name:<10} [green]skipped[/] (done earlier)")
-            outcomes.append(StageOutcome(stage.name, "skipped"))
-            continue
-        outcomes.append(_submit_stage(pipe, stage, client, env, console, quiet, poll_s, sleep))
-        ran = ran or stage.name
+    ended = "FAILED"
+    try:
+        for stage in pipe.stages:
+            if can_skip(pipe, stage, ran):
+                console.print(f"{stage.name:<10} [green]skipped[/] (done earlier)")
+                outcomes.append(StageOutcome(stage.name, "skipped"))
+                continue
+            try:
+                outcomes.append(_submit_stage(pipe, stage, client, env, console, quiet, poll_s, sleep))
+            except StageFailed as exc:
+                _track(tracker, console, pipe, stage, status="FAILED", error=exc.error)
+                raise
+            except StageStopped as exc:
+                ended = "KILLED"
+                _track(tracker, console, pipe, stage, status="KILLED", error=str(exc))
+                raise
+            except KeyboardInterrupt:
+                ended = "KILLED"
+                raise
+            _track(tracker, console, pipe, stage, status="FINISHED", seconds=outcomes[-1].seconds)
+            ran = ran or stage.name
+        ended = "FINISHED"
+    finally:
+        if tracker is not None:
+            try:
+                tracker.finish(ended)
+            except Exception as exc:  # the jobs' own outcome (or error) is what matters here
+                console.print(f"[yellow]tracking: could not end the MLflow run[/] ({escape(str(exc))})")
     return outcomes
+
+
+def check_tracking(pipe: Pipeline) -> None:
+    """Refuse ``tracking`` with a URI run root: this client reads the stages' files to log them."""
+    if pipe.config.tracking is not None and pipe.config.tracking.mlflow is not None and not pipe.is_local:
+        raise TrackingError(f"tracking.mlflow with `ue submit` needs a run root this machine can read (a path "
+                            f"on a shared or local disk); root {pipe.root!r} is a URI, so the stages' metrics "
+                            "could not be read here. Use a path root, or drop tracking for this submission.")
+
+
+def _open_tracker(pipe: Pipeline) -> MlflowTracker | None:
+    check_tracking(pipe)
+    return open_tracker(pipe)
+
+
+def _track(tracker: MlflowTracker | None, console: Console, pipe: Pipeline, stage: PlannedStage, *, status: str,
+           seconds: float = 0.0, error: str | None = None) -> None:
+    """Log a stage whose job ended; a tracking failure is shown, never fails the pipeline."""
+    if tracker is None:
+        return
+    try:
+        if status == "FINISHED" and Manifest(pipe.layout).stage(stage.name) is None:  # a job that ended well wrote one
+            console.print(f"{stage.name:<10} [yellow]tracking: no entry for it in {escape(str(pipe.layout.manifest))}"
+                          ", so the run directory is not readable here (the cluster's own disk?); logging its config "
+                          "and status only[/]")
+        tracker.log_stage(pipe, stage, status=status, seconds=seconds, error=error)
+    except Exception as exc:
+        console.print(f"{stage.name:<10} [yellow]not tracked[/] ({escape(f'{type(exc).__name__}: {exc}')})")
 
 
 def _submit_stage(

@@ -10,7 +10,7 @@ Recipe:
    that already have a progress record are skipped (resume).
 2. A Ray Data stream: read tasks parse one block each into good and bad rows (one Ray row per
    block, so a block never splits; they reserve no CPU, the model does the work); an actor pool,
-   one model replica per actor (one per GPU when there are GPUs), scores one block per call and
+   one ``ue.Scorer`` per actor (one per GPU when there are GPUs), scores one block per call and
    writes ``scores/quarantine/<block>.parquet`` (bad rows, if any), ``scores/<block>.parquet`` and
    last ``scores/progress/<block>.json``, each atomically. The driver logs progress and rows/s.
 3. The summary: counts of rows scored, quarantined, truncated and accepted, summed from the progress
@@ -38,21 +38,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from jobs._common import adapter_dir, init_ray, job_main, run_stage
 from jobs.schemas.score import Config
 from ue.artifacts import RunLayout, atomic_write_json, read_json
 from ue.corpus import ROW_FIELDS, Block, Columns, InputFile, list_inputs, plan_blocks, read_block
-from ue.scoring import (
-    POST_HOC_HEADS,
-    QUARANTINE_SCHEMA,
-    calibrate,
-    duplicate_ids,
-    score_schema,
-    token_score_schema,
-)
+from ue.scorer import accept_threshold, check_same_model, head_dir, load_head
+from ue.scoring import QUARANTINE_SCHEMA, duplicate_ids
 from ue.selective import Threshold
 
 log = logging.getLogger("ue.jobs.score")
@@ -71,9 +64,9 @@ def run(cfg: Config) -> dict[str, Any]:
 def score(cfg: Config, layout: RunLayout) -> dict[str, Any]:
     # 1. Setup: adapter, heads, threshold, a clean output folder for this content, the blocks to do.
     adapter = adapter_dir(cfg.adapter, layout)
-    meta = _check_same_model(cfg, layout, adapter)
-    head_dirs = {name: _head_dir(layout, name) for name in cfg.heads}
-    ood_dir = _head_dir(layout, cfg.ood, fitted=True) if cfg.ood else None
+    meta = check_same_model(layout, cfg.model.name_or_path, adapter)
+    head_dirs = {name: head_dir(layout, name) for name in cfg.heads}
+    ood_dir = head_dir(layout, cfg.ood, fitted=True) if cfg.ood else None
     threshold = _threshold(cfg, layout, head_dirs, meta)
     files = list_inputs(cfg.corpus.paths, format=cfg.corpus.format, derived_ids=cfg.corpus.id_column is None)
     _reset_stale_scores(layout.scores_dir, _content_hash(cfg, files, [*head_dirs.values(), ood_dir], threshold),
@@ -110,64 +103,14 @@ def score(cfg: Config, layout: RunLayout) -> dict[str, Any]:
 
 
 # -- setup -------------------------------------------------------------------------------------------
-def _check_same_model(cfg: Config, layout: RunLayout, adapter: str | None) -> dict[str, Any] | None:
-    """``features.json`` if the run has one, after checking that its features (which the heads and
-    the threshold were fitted on) come from the model and adapter that will score."""
-    if not layout.features_meta.is_file():
-        return None
-    meta = read_json(layout.features_meta)
-    theirs = (meta.get("model"), _resolved(meta.get("adapter")))
-    if theirs != (cfg.model.name_or_path, _resolved(adapter)):
-        raise ValueError(
-            f"{layout.features_meta}: the cached features come from model {theirs[0]!r} with adapter {theirs[1]!r}, "
-            f"but scoring would use {cfg.model.name_or_path!r} with {_resolved(adapter)!r}; heads and the accept "
-            "threshold only hold for the model they were fitted on: score with that model, or re-run extract"
-        )
-    return meta
-
-
-def _resolved(path: str | None) -> str | None:
-    return None if path is None else str(Path(path).expanduser().resolve())
-
-
-def _head_dir(layout: RunLayout, name: str, *, fitted: bool = False) -> str | None:
-    """The saved head's folder; None for msp/entropy without one (they need no fitting)."""
-    directory = layout.head_dir(name)
-    if (directory / "head.json").is_file():
-        return str(directory)
-    if name in POST_HOC_HEADS and not fitted:
-        return None
-    raise FileNotFoundError(
-        f"head {name!r}: {directory} holds no fitted head (head.json); run the fit_heads stage with it, or "
-        f"score with {' / '.join(POST_HOC_HEADS)}, which need no fitting"
-    )
-
-
-def _load_head(name: str, directory: str | None) -> Any:
-    from ue.heads import build_head, load_head
-
-    return build_head(name) if directory is None else load_head(directory)
-
-
 def _threshold(cfg: Config, layout: RunLayout, head_dirs: dict[str, str | None],
                meta: dict[str, Any] | None) -> Threshold | None:
     """The accept threshold of the decision head on the calibration split; None without accept."""
     if cfg.accept is None:
         return None
-    import pyarrow.parquet as pq
-
-    from ue.feature_cache import check_feature_files, part_files
-
-    if meta is None:
-        raise FileNotFoundError(f"{layout.features_meta} does not exist: accept needs the cached calibration "
-                                "features; run the extract stage first, or set accept=null")
-    head = _load_head(cfg.decision, head_dirs[cfg.decision])
-    files = part_files(layout.features_split_dir(cfg.accept.split))
-    needs = {c: "the accept threshold" for c in ("label", "pred", *head.requires)}
-    check_feature_files(files, needs=needs, hidden_size=meta["hidden_size"], num_labels=meta["num_labels"])
-    features = pa.concat_tables(pq.read_table(f, columns=list(needs)) for f in files)
-    threshold = calibrate(head, features, target_error=cfg.accept.target_error, delta=cfg.accept.delta,
-                          min_accepted=cfg.accept.min_accepted)
+    threshold = accept_threshold(layout, load_head(cfg.decision, head_dirs[cfg.decision]), meta,
+                                 split=cfg.accept.split, target_error=cfg.accept.target_error,
+                                 delta=cfg.accept.delta, min_accepted=cfg.accept.min_accepted)
     log.info("score: accept when u_%s <= %.6g: %.1f%% of the %s split accepted, error %.4f there (upper bound "
              "%.4f at 1 - delta = %.2f)", cfg.decision, threshold.threshold, 100 * threshold.coverage,
              cfg.accept.split, threshold.accepted_error, threshold.upper_bound, 1 - threshold.delta)
@@ -240,34 +183,26 @@ def read_blocks(batch: pa.Table, *, columns: Columns) -> pa.Table:
 
 
 class BlockScorer:
-    """One model replica with its heads: scores one block per call and writes its outputs."""
+    """One model replica (a ``ue.Scorer``): scores one block per call, quarantines its bad rows and
+    writes its outputs."""
 
     def __init__(self, *, cfg: Config, scores_dir: str, adapter: str | None, num_labels: int | None,
                  head_dirs: dict[str, str | None], ood_dir: str | None, threshold: Threshold | None) -> None:
         import torch
 
-        from ue.heads import load_head
-        from ue.models import load_adapter, load_model, load_tokenizer
+        from ue.scorer import Scorer
 
         torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
         self.cfg, self.scores_dir = cfg, Path(scores_dir)
-        self.device = "cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu"
-        self.tokenizer = load_tokenizer(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
-        # Without an adapter the checkpoint must bring its classifier: a random one scores noise.
-        refuse = adapter is None and not cfg.model.allow_new_weights
-        model = load_model(cfg.model.name_or_path, task=cfg.model.task, num_labels=num_labels, dtype=cfg.model.dtype,
-                           pad_token_id=self.tokenizer.pad_token_id, trust_remote_code=cfg.model.trust_remote_code,
-                           new_weights="refuse" if refuse else "allow", seed=cfg.model.init_seed)
-        if adapter is not None:
-            model = load_adapter(model, adapter).merge_and_unload()  # folding LoRA in makes each forward cheaper
-        self.model = model.eval().to(self.device)
-        self.heads = {name: _load_head(name, d) for name, d in head_dirs.items()}
-        self.ood = load_head(ood_dir) if ood_dir else None
-        self.threshold = threshold
-        self.tokens = cfg.model.task == "token_classification"
-        self.schema = (token_score_schema(list(self.heads), tags=cfg.tag_names is not None,
-                                          with_accept=threshold is not None) if self.tokens else
-                       score_schema(list(self.heads), ood=self.ood is not None, with_accept=threshold is not None))
+        model, corpus = cfg.model, cfg.corpus
+        self.scorer = Scorer.load(
+            model.name_or_path, adapter=adapter, task=model.task, num_labels=num_labels, dtype=model.dtype,
+            trust_remote_code=model.trust_remote_code, allow_new_weights=model.allow_new_weights,
+            init_seed=model.init_seed, head_dirs=head_dirs, ood_dir=ood_dir,
+            device="cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu",
+            threshold=threshold, decision=cfg.decision, tag_names=cfg.tag_names, max_length=corpus.max_length,
+            max_chars=corpus.max_chars, batch_size=cfg.batch_size,
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from ue.feature_cache import write_part
@@ -277,7 +212,9 @@ class BlockScorer:
         rows = {k: batch[k][0].as_py() for k in ROW_FIELDS}
         good = [i for i, reason in enumerate(rows["reason"]) if reason is None]
         bad = [i for i, reason in enumerate(rows["reason"]) if reason is not None]
-        table, heads_seconds = self._score(rows, good)
+        pairs = [rows["text_pair"][i] for i in good] if self.cfg.corpus.text_pair_column else None
+        table, heads_seconds = self.scorer.score_timed([rows["text"][i] for i in good], pairs,
+                                                       ids=[rows["id"][i] for i in good])
         if bad:  # quarantine first: the progress record below vouches for both files
             quarantine = {"file": [block.path] * len(bad), **{k: [rows[k][i] for i in bad]
                                                               for k in ("line", "id", "reason", "raw")}}
@@ -292,67 +229,6 @@ class BlockScorer:
         }
         atomic_write_json(self.scores_dir / "progress" / f"{block.name}.json", record)
         return pa.Table.from_pylist([record])
-
-    def _score(self, rows: dict[str, list[Any]], good: list[int]) -> tuple[pa.Table, float]:
-        """The score shard of the good rows (``ue.scoring`` schema) and the seconds its scores took
-        on top of the model's forward passes (reported: the heads' cost)."""
-        from ue.extraction import classify_batch, length_batches
-        from ue.scoring import encode_flagging_truncation, score_columns, score_table
-        from ue.tokenize import collate
-
-        if not good:
-            return self.schema.empty_table(), 0.0
-        if self.tokens:
-            return self._score_words(rows, good)
-        corpus = self.cfg.corpus
-        pairs = [rows["text_pair"][i] for i in good] if corpus.text_pair_column else None
-        encoded, truncated = encode_flagging_truncation(self.tokenizer, [rows["text"][i] for i in good], pairs,
-                                                        max_length=corpus.max_length, max_chars=corpus.max_chars)
-        order, outs = [], []
-        pad, side = self.tokenizer.pad_token_id, self.tokenizer.padding_side
-        for idx in length_batches([len(r["input_ids"]) for r in encoded], batch_size=self.cfg.batch_size):
-            batch = collate([encoded[i] for i in idx], pad_id=pad, padding_side=side)
-            outs.append(classify_batch(self.model, **batch))
-            order.append(idx)
-        back = np.argsort(np.concatenate(order))  # batches are sorted by length; restore the block's order
-        started = time.perf_counter()
-        columns = score_columns(
-            pred=np.concatenate([o.pred for o in outs])[back], logits=np.concatenate([o.logits for o in outs])[back],
-            hidden=np.concatenate([o.hidden for o in outs])[back], heads=self.heads, ood=self.ood,
-        )
-        table = score_table([rows["id"][i] for i in good], columns, truncated=truncated, schema=self.schema,
-                            decision=self.cfg.decision, threshold=self.threshold)
-        return table, time.perf_counter() - started
-
-
-    def _score_words(self, rows: dict[str, list[Any]], good: list[int]) -> tuple[pa.Table, float]:
-        """Token classification: each row a sentence split at whitespace, one score row per word (its
-        first sub-token, as ``jobs.extract`` made the features the heads were fitted on)."""
-        from ue.extraction import classify_batch, length_batches
-        from ue.scoring import score_columns, token_score_table
-        from ue.tokenize import collate, encode_tokens
-
-        corpus = self.cfg.corpus
-        words = [rows["text"][i][:corpus.max_chars].split() for i in good]
-        encoded = encode_tokens(self.tokenizer, words, max_length=corpus.max_length)
-        outs, sentence, word = [], [], []
-        pad, side = self.tokenizer.pad_token_id, self.tokenizer.padding_side
-        for idx in length_batches([len(r["input_ids"]) for r in encoded], batch_size=self.cfg.batch_size):
-            rows_in = [encoded[i] for i in idx]
-            batch = collate([{k: r[k] for k in ("input_ids", "attention_mask")} for r in rows_in], pad_id=pad,
-                            padding_side=side)
-            out = classify_batch(self.model, **batch, word_starts=[r["word_starts"] for r in rows_in])
-            outs.append(out)
-            sentence.append(idx[out.row])
-            word.append(np.array([w for r in rows_in for w in r["word_index"]], dtype=np.int64))
-        started = time.perf_counter()
-        columns = score_columns(pred=np.concatenate([o.pred for o in outs]),
-                                logits=np.concatenate([o.logits for o in outs]),
-                                hidden=np.concatenate([o.hidden for o in outs]), heads=self.heads)
-        table = token_score_table([rows["id"][i] for i in good], words, sentence=np.concatenate(sentence),
-                                  word=np.concatenate(word), columns=columns, schema=self.schema,
-                                  tag_names=self.cfg.tag_names, decision=self.cfg.decision, threshold=self.threshold)
-        return table, time.perf_counter() - started
 
 
 def _count(table: pa.Table, column: str) -> int:

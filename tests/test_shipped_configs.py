@@ -16,7 +16,7 @@ from cluster.pipeline import load_pipeline
 from jobs.schemas.finetune import deepspeed_path
 
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
-STAGE_FOLDERS = ("finetune", "extract", "fit_heads", "tune", "score")
+STAGE_FOLDERS = ("finetune", "extract", "fit_heads", "tune", "score", "serve")
 SHIPPED = sorted(p for p in CONFIGS.rglob("*") if p.is_file())
 
 

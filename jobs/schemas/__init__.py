@@ -15,8 +15,8 @@ from ue.registry import unknown_name_message
 
 FROM_FINETUNE = "finetune"
 """``adapter`` value of the extract and score stages meaning this run's ``<run>/finetune/adapter``."""
-STAGES = ("finetune", "extract", "fit_heads", "tune", "score", "report")
-"""Pipeline stages in their natural order."""
+STAGES = ("finetune", "extract", "fit_heads", "tune", "score", "report", "serve")
+"""Pipeline stages in their natural order (serve runs until stopped, so it comes last)."""
 
 
 def config_class(stage: str) -> type[ConfigModel]:

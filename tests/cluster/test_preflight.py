@@ -1,5 +1,5 @@
 """`ue validate` (load_pipeline's preflight checks) refuses what a run would fail on later: unknown head
-names, score heads nothing saves, corpus paths that match nothing, model folders and datasets that do
+names, score and serve heads nothing saves, corpus paths that match nothing, model folders and datasets that do
 not exist, each with the stage, the key, the value and the fix, and exit code 2 from the command."""
 
 from __future__ import annotations
@@ -60,6 +60,15 @@ def test_score_heads_must_be_post_hoc_saved_by_an_earlier_stage_or_on_disk(tmp_p
     (saved / "head.json").write_text("{}")
     stages[1]["config"]["heads"] = ["alien_beta", "msp"]
     assert load_pipeline(pipeline(tmp_path, stages))
+
+
+def test_serve_heads_are_checked_as_score_heads_are(tmp_path):
+    stages = [{"stage": "fit_heads", "config": {"heads": [{"name": "alien"}]}},
+              {"stage": "serve", "config": {"heads": ["alien", "msp", "adue"], "ood": "mahalanobis"}}]
+    found = problems(pipeline(tmp_path, stages))
+    assert [f.split(": ")[1] for f in found] == ["heads.2", "ood"] and "stages.1 serve" in found[0]
+    assert "no fitted head 'adue'" in found[0] and "this pipeline saves alien" in found[0]
+    assert load_pipeline(pipeline(tmp_path, stages), check_files=False)
 
 
 def test_a_corpus_path_that_matches_nothing_is_refused_but_not_in_a_submission(tmp_path):
