@@ -91,7 +91,7 @@ def train_error_heads(
     if not live:
         return results
     steps = math.ceil(len(h) / batch_size)
-    pack = _Pack(modules[0].spec, [modules[k] for k in live], [configs[k] for k in live], steps)
+    pack = _Pack(modules[0].spec, live, [modules[k] for k in live], [configs[k] for k in live], steps)
     seeds = sorted({configs[k].seed for k in live})
     perm_gens = {s: torch.Generator().manual_seed(s) for s in seeds}
     mask_gens = {s: torch.Generator().manual_seed(s) for s in seeds}
@@ -145,14 +145,16 @@ class _Pack:
     it whose ``.grad`` is a view into :attr:`grad`, so backward accumulates there.
     """
 
-    def __init__(self, spec: object, modules: list[Classifier], configs: list[PackedConfig], steps: int) -> None:
+    def __init__(
+        self, spec: object, ids: list[int], modules: list[Classifier], configs: list[PackedConfig], steps: int
+    ) -> None:
         self.spec = spec
         self.layout = [(name, tuple(p.shape)) for name, p in modules[0].named_parameters()]
         self.flat = torch.stack([torch.cat([p.detach().float().reshape(-1) for p in m.parameters()]) for m in modules])
         self.init = self.flat.clone()
         self.grad = torch.zeros_like(self.flat)
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.flat), torch.zeros_like(self.flat)
-        self.ids = list(range(len(modules)))
+        self.ids = list(ids)
         self.configs = configs
         self.cycles = [OneCycle(lr=c.lr, total_steps=c.epochs * steps) for c in configs]
         self.steps_done = 0
