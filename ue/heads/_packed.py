@@ -17,10 +17,11 @@ Each configuration keeps everything :func:`ue.heads._training.train_error_head` 
 - its own epoch selection on val ROC-AUC and its own ``patience``; a configuration that is done
   (its epochs, patience, or dropped by ``on_epoch``) leaves the pack, which shrinks.
 
-What may differ from single fits: the batched matmul may round differently from the plain one in the
-last bit of float32 (``tests/ue/test_packed.py`` measures it), so parameters agree to ~1e-6 and val
-ROC-AUC and the chosen epoch agree (tested to 1e-4 and exactly). ``train_loss`` sums the L2-SP term
-in another order.
+The products and the loss's backward are written to round exactly as one fit's do (the weight
+gradient as ``F.linear`` computes it, BCE's mean as ATen's), so on one machine a pack's parameters,
+val ROC-AUC and chosen epochs are bit-identical to the separate fits (``tests/ue/test_packed.py``
+asserts agreement to 1e-6, which other BLAS builds should also meet). ``train_loss`` adds the
+L2-SP term to each config's loss as one fit does.
 """
 
 from __future__ import annotations
@@ -172,10 +173,13 @@ class _Pack:
             p.grad = self.grad[:, offset : offset + n].view(k, *shape)
             self.params[name] = p
             offset += n
-        self.rows = [tuple(t[r] for t in (self.flat, self.grad, self.exp_avg, self.exp_avg_sq, self.init))
-                     for r in range(k)]
         self.alpha = torch.tensor([c.alpha for c in self.configs], dtype=torch.float32)
-        self.beta = [c.beta for c in self.configs]
+        self.beta_t = torch.tensor([c.beta for c in self.configs], dtype=torch.float32)
+        self.beta_groups = _groups({r: c.beta for r, c in enumerate(self.configs) if c.beta})
+        by_cycle = _groups({r: (c.lr, c.epochs) for r, c in enumerate(self.configs)})
+        self.cycle_groups = [(self.cycles[rows[0]], rows) for _, rows in by_cycle]
+        self.row = {name: [getattr(self, name)[r] for r in range(k)] for name in ("flat", "grad", "exp_avg",
+                                                                                   "exp_avg_sq")}
 
     def remove(self, ids: Collection[int]) -> None:
         """Drop configs ``ids`` (original indices) from the pack."""
@@ -227,7 +231,7 @@ class _Pack:
             return drawn.div_(1 - p)
 
         u = score_fn(self.forward(x, group, masks if p > 0 else None))
-        bce = nn.functional.binary_cross_entropy(u, eb, reduction="none").mean(1)
+        bce = _BCEMean.apply(u, eb)
         loss = bce + self.alpha * ((u - ab) ** 2).mean(1)
         self.grad.zero_()
         with warnings.catch_warnings():
@@ -235,15 +239,19 @@ class _Pack:
             warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
             loss.sum().backward()
         loss = loss.detach()
+        # L2-SP: the gradient 2 beta (theta - theta_init) added by hand, as in one fit; one foreach
+        # call per distinct beta, one fused Adam call per distinct (lr, epochs): the same kernels on
+        # the same rows as K separate calls, at a fraction of the dispatches.
+        drift = self.flat - self.init
+        loss = loss + self.beta_t * (drift * drift).sum(1)
+        grad, flat, exp_avg, exp_avg_sq = (self.row[n] for n in ("grad", "flat", "exp_avg", "exp_avg_sq"))
+        for beta, rows in self.beta_groups:
+            torch._foreach_add_([grad[r] for r in rows], list(drift[rows].unbind()), alpha=2.0 * beta)
         self._step.fill_(self.steps_done + 1)
-        for (flat, grad, exp_avg, exp_avg_sq, init), beta, cycle, r in zip(
-                self.rows, self.beta, self.cycles, range(k), strict=True):
-            if beta:  # L2-SP: its gradient 2 beta (theta - theta_init) added by hand, as in one fit
-                drift = flat - init
-                grad.add_(drift, alpha=2.0 * beta)
-                loss[r] += beta * torch.dot(drift, drift)
+        for cycle, rows in self.cycle_groups:
             lr, beta1 = cycle.schedule(self.steps_done)
-            fused_adam_step(flat, grad, exp_avg, exp_avg_sq, self._step, lr=lr, beta1=beta1)
+            fused_adam_step([flat[r] for r in rows], [grad[r] for r in rows], [exp_avg[r] for r in rows],
+                            [exp_avg_sq[r] for r in rows], [self._step] * len(rows), lr=lr, beta1=beta1)
         self.steps_done += 1
         return loss
 
@@ -255,6 +263,14 @@ class _Pack:
                               for i in range(0, len(hidden), _VAL_CHUNK)], dim=1)
 
 
+def _groups(values: dict[int, object]) -> list[tuple[object, list[int]]]:
+    """Rows grouped by equal value, in order of first appearance."""
+    out: dict[object, list[int]] = {}
+    for row, value in values.items():
+        out.setdefault(value, []).append(row)
+    return list(out.items())
+
+
 def _per_config(by_group: torch.Tensor, group: torch.Tensor, k: int) -> torch.Tensor:
     """(G, ...) per seed group -> (K, ...) per config (a view when every config shares one seed)."""
     if len(by_group) == 1:
@@ -263,15 +279,58 @@ def _per_config(by_group: torch.Tensor, group: torch.Tensor, k: int) -> torch.Te
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear`` per config: x (K, B, i), weight (K, o, i), bias (K, o) -> (K, B, o).
+    """``F.linear`` per config: x (K, B, i), weight (K, o, i), bias (K, o) or None -> (K, B, o)."""
+    return _StackedLinear.apply(x, weight, bias)
 
-    When every config reads the same input (``x`` expanded from one (B, i)), one (B, i) x (i, K o)
-    matmul does all K.
+
+class _StackedLinear(torch.autograd.Function):
+    """K linear layers at once, each rounding exactly as ``F.linear`` alone does.
+
+    Autograd's own backward of a batched matmul computes the weight gradient as ``x^T @ grad``, a
+    different gemm from ``F.linear``'s ``grad^T @ x``; its last bits differ, and over thousands of
+    Adam steps that drift can move a chosen epoch. This backward uses ``F.linear``'s products, per
+    config. When every config reads the same input (``x`` expanded from one (B, i)), the forward is
+    one (B, i) x (i, K o) matmul.
     """
-    k, o = weight.shape[0], weight.shape[1]
-    if x.stride(0) == 0:
-        out = torch.mm(x[0], weight.reshape(k * o, -1).t()).view(-1, k, o).transpose(0, 1)
-        return out if bias is None else out + bias.unsqueeze(1)
-    if bias is None:
-        return torch.bmm(x, weight.transpose(1, 2))
-    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        k, o = weight.shape[0], weight.shape[1]
+        if x.stride(0) == 0:
+            out = torch.mm(x[0], weight.reshape(k * o, -1).t()).view(-1, k, o).transpose(0, 1)
+            out = (out if bias is None else out + bias.unsqueeze(1)).contiguous()
+        elif bias is None:
+            out = torch.bmm(x, weight.transpose(1, 2))
+        else:
+            out = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        grad_b = grad.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
+class _BCEMean(torch.autograd.Function):
+    """Per config ``F.binary_cross_entropy(u[k], e[k])`` (mean over the batch): u, e (K, B) -> (K,).
+
+    The backward is ATen's for ``reduction="mean"``, ``(u - e) / max((1 - u) u, 1e-12)`` divided by
+    B; a batched mean would multiply by ``1 / B`` first, which rounds differently when B is not a
+    power of two (an epoch's last batch).
+    """
+
+    @staticmethod
+    def forward(ctx: object, u: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(u, e)
+        return nn.functional.binary_cross_entropy(u, e, reduction="none").mean(1)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        u, e = ctx.saved_tensors
+        grad_u = grad.unsqueeze(1) * (u - e) / torch.clamp_min((1 - u) * u, 1e-12)
+        return grad_u.div_(u.shape[1]), None

@@ -113,13 +113,18 @@ class AdamOneCycle:
 
 
 def fused_adam_step(
-    flat: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, step: torch.Tensor,
-    *, lr: float, beta1: float,
+    flat: torch.Tensor | list[torch.Tensor], grad: torch.Tensor | list[torch.Tensor],
+    exp_avg: torch.Tensor | list[torch.Tensor], exp_avg_sq: torch.Tensor | list[torch.Tensor],
+    step: torch.Tensor | list[torch.Tensor], *, lr: float, beta1: float,
 ) -> None:
-    """One in-place Adam update of the contiguous vector ``flat`` (``step``: updates so far, this one included)."""
+    """One in-place Adam update of the contiguous vector(s) ``flat`` (``step``: updates so far, this
+    one included); a list updates each vector with the same lr and beta1, each exactly as alone."""
+    def listed(x: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+        return x if isinstance(x, list) else [x]
+
     torch._fused_adam_(
-        [flat], [grad], [exp_avg], [exp_avg_sq], [], [step], lr=lr, beta1=beta1, beta2=AdamOneCycle.beta2,
-        weight_decay=0.0, eps=AdamOneCycle.eps, amsgrad=False, maximize=False,
+        listed(flat), listed(grad), listed(exp_avg), listed(exp_avg_sq), [], listed(step), lr=lr, beta1=beta1,
+        beta2=AdamOneCycle.beta2, weight_decay=0.0, eps=AdamOneCycle.eps, amsgrad=False, maximize=False,
     )
 
 
