@@ -73,7 +73,7 @@ def _train_classifier(classifier: Any, cols: dict[str, np.ndarray], epochs: int)
             opt.zero_grad()
             loss.backward()
             opt.step()
-    classifier.eval().requires_grad_(False)
+    classifier.eval()
 
 
 def compare(head: str, configs: list[dict[str, Any]], train: dict, val: dict, classifier: Any) -> dict[str, Any]:
