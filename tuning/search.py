@@ -4,7 +4,9 @@ The experiment lives in ``<storage_path>/<name>/`` (Ray Tune's own layout). When
 restorable experiment of the same search (same ``fingerprint``), the search is resumed with
 ``Tuner.restore``: finished trials are kept as they are, unfinished and errored ones run again. An
 interrupted search (Ctrl+C, SIGUSR1, a killed driver) raises :class:`SearchInterrupted`; calling
-``run_search`` again with the same arguments completes it.
+``run_search`` again with the same arguments completes it. :func:`run_packed_search` runs one trial
+per pack of head configurations (``tuning.packing``) and returns the same table, one row per
+configuration.
 """
 
 from __future__ import annotations
