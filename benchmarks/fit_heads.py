@@ -23,9 +23,10 @@ Both run ``--repeats`` times, interleaved; the medians are reported.
 
 With one task per head, no schedule on P CPUs ends before the longest head's fit nor before the
 heads' total work spread evenly over the CPUs. From the 1-thread baseline's per-head times T_i (in
-the same run) the script prints that bound, ``max(max_i T_i, sum_i T_i / P)``, and the largest
-speed-up over each baseline that any such schedule could reach: when one head dominates (ALIEN's
-20 epochs), the bound, not the scheduling, caps the ratio.
+the same run) the script prints that bound, ``max(max_i T_i, sum_i T_i / P)``, both of its terms,
+and the largest speed-up over each baseline that any such schedule could reach: when one head
+dominates (ALIEN's 20 epochs), the bound, not the scheduling, caps the ratio. The target is the
+job's time within 15% of the bound (the stage adds no more than that to the work it must do).
 
     .venv/bin/python benchmarks/fit_heads.py            # full size (minutes on 2 cores)
     .venv/bin/python benchmarks/fit_heads.py --quick    # 20,000 train rows, one repeat
@@ -153,12 +154,15 @@ def main() -> None:
     for t in args.baseline_threads:
         base = statistics.median(times[f"{t}"])
         print(f"  one process, one head after another, {t} torch thread(s): {base:7.1f} s  "
-              f"(runs: {_fmt(times[f'{t}'])})  -> speed-up {base / ours:.2f}x (target >= 1.6x; "
-              f"at most {base / bound:.2f}x with one task per head)")
+              f"(runs: {_fmt(times[f'{t}'])})  -> speed-up {base / ours:.2f}x (at most {base / bound:.2f}x "
+              "with one task per head)")
     print("  per head, 1 torch thread (fit + save + scoring, median): "
           + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(head_seconds.items(), key=lambda kv: -kv[1])))
-    print(f"  one task per head on {cpus} CPUs cannot end before max(longest head, total / {cpus}) = {bound:.1f} s; "
-          f"jobs.fit_heads spends {ours - bound:.1f} s beyond it (read, task start, concurrency)")
+    longest, spread = max(head_seconds.values()), sum(head_seconds.values()) / cpus
+    print(f"  longest head {longest:.1f} s, total / {cpus} CPUs {spread:.1f} s: "
+          f"one task per head cannot end before max of the two = {bound:.1f} s")
+    print(f"  target: jobs.fit_heads within 15% of that bound: {ours:.1f} s = {ours / bound:.2f}x the bound "
+          f"({'met' if ours <= 1.15 * bound else 'missed'}; beyond it: read, task start, concurrency)")
 
 
 def _fmt(seconds: list[float]) -> str:

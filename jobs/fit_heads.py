@@ -10,6 +10,8 @@ Recipe:
    (``requires`` / ``fit_requires``).
 3. One Ray task per head (``cpus_per_head`` CPUs each; the longest fits start first) fits it on the
    fit split with val for selection, saves it under ``heads/<name>/`` and scores the eval splits.
+   Several settings of one trained head (``save_as`` variants of alien or adue) are one task that
+   fits them as one pack (``ue.heads.fit_packed``): about the cost of one fit, same results.
 4. Every metric of METHODS.md per head and eval split goes to ``fit_heads/metrics.json``; a table
    (rows: heads; columns: accuracy, ROC-AUC, AURC, PRR, ECE) is printed per split.
 
@@ -42,7 +44,7 @@ from ue.data import id_share
 from ue.evaluation import evaluate_scores, format_table
 from ue.feature_cache import CLASSIFIER_FILES, check_feature_files, part_files, read_meta
 from ue.features import column
-from ue.heads import HEADS, Calibrated, build_head, load_classifier
+from ue.heads import HEADS, Calibrated, build_head, fit_packed, load_classifier, pack_key
 
 log = logging.getLogger("ue.jobs.fit_heads")
 METRIC_COLUMNS = ("pred", "label", "logits")
@@ -72,16 +74,17 @@ def fit_heads(cfg: Config, layout: RunLayout) -> dict[str, Any]:
 
         # 3. One task per head, longest first: its inputs are submitted with it, so the cuts of the
         #    short heads queue behind the long fits instead of delaying them.
+        #    Several settings of one trained head (save_as variants) are one task, fitted as one pack.
         task = ray.remote(_fit_and_score)
         pending = {
-            key: task.options(num_cpus=cfg.cpus_per_head, name=f"fit_head:{key}").remote(
-                heads[key], _inputs(cfg, heads[key], views, blocks), head_dir=str(layout.head_dir(key)),
-                threads=cfg.cpus_per_head)
-            for key in sorted(heads, key=lambda k: _expected_cost(heads[k]), reverse=True)
+            tuple(keys): task.options(num_cpus=cfg.cpus_per_head, name=f"fit_head:{'+'.join(keys)}").remote(
+                [heads[k] for k in keys], _inputs(cfg, heads[keys[0]], views, blocks),
+                head_dirs=[str(layout.head_dir(k)) for k in keys], threads=cfg.cpus_per_head)
+            for keys in sorted(_packs(heads), key=lambda ks: max(_expected_cost(heads[k]) for k in ks), reverse=True)
         }
         truth = {split: ray.get(blocks.cut(views[split], (*METRIC_COLUMNS, *cfg.score_columns)))
                  for split in cfg.eval_splits}
-        results = {key: ray.get(ref) for key, ref in pending.items()}
+        results = {k: r for keys, ref in pending.items() for k, r in zip(keys, ray.get(ref), strict=True)}
     finally:
         if started:
             ray.shutdown()
@@ -240,18 +243,37 @@ def _inputs(cfg: Config, head: Any, views: dict[str, View], blocks: _FeatureBloc
     }
 
 
-def _fit_and_score(head: Any, inputs: dict[str, Any], *, head_dir: str, threads: int) -> dict[str, Any]:
-    """Runs in a Ray worker: fit (train/calibration + val for selection), save, score the eval splits."""
+def _fit_and_score(heads: list[Any], inputs: dict[str, Any], *, head_dirs: list[str], threads: int) -> list[Any]:
+    """Runs in a Ray worker: fit (train/calibration + val for selection), save, score the eval splits.
+
+    Several heads here are settings of one trained head (:func:`_packs`): they are fitted as one
+    pack (``ue.heads.fit_packed``), each ending as its own fit would, and share its fit time."""
     torch.set_num_threads(threads)
     started = time.perf_counter()
     if inputs["fit"] is None:
-        head.fit(pa.table({}))  # post-hoc heads learn nothing
+        for head in heads:
+            head.fit(pa.table({}))  # post-hoc heads learn nothing
+    elif len(heads) > 1:
+        fit_packed(heads, _resolve(inputs["fit"]), _resolve(inputs["val"]))
     else:
-        head.fit(_resolve(inputs["fit"]), val=_resolve(inputs["val"]))
+        heads[0].fit(_resolve(inputs["fit"]), val=_resolve(inputs["val"]))
     seconds = time.perf_counter() - started
-    head.save(head_dir)
-    return {"fit_seconds": round(seconds, 3),
-            "scores": {split: head.uncertainty(_resolve(source)) for split, source in inputs["eval"].items()}}
+    out = []
+    for head, head_dir in zip(heads, head_dirs, strict=True):
+        head.save(head_dir)
+        out.append({"fit_seconds": round(seconds, 3),
+                    "scores": {split: head.uncertainty(_resolve(source)) for split, source in inputs["eval"].items()}})
+    return out
+
+
+def _packs(heads: dict[str, Any]) -> list[list[str]]:
+    """Head keys grouped into tasks: trained heads that can share a pack (``ue.heads.pack_key``: one kind,
+    batch size, classifier shape) together, every other head alone; calibrated heads fit alone."""
+    groups: dict[Any, list[str]] = {}
+    for key, head in heads.items():
+        shared = None if isinstance(head, Calibrated) else pack_key(head)
+        groups.setdefault(key if shared is None else shared, []).append(key)
+    return list(groups.values())
 
 
 # -- evaluation --------------------------------------------------------------------------------------

@@ -5,8 +5,11 @@ For every search of the config (e.g. the ALIEN grid of METHODS.md, 27 configs x 
 1. resolve the space (preset + overrides) and read the cached *train* and *val* features of this
    run (and of ``feature_runs``, other backbone fine-tunes), only the columns the head fits on;
 2. run the search on CPU actors; the features go into the object store once and every trial
-   reads them from there (``tuning.head_trainable``); an interrupted search resumes;
-3. write every trial to ``tune/<name>/trials.parquet``;
+   reads them from there; an interrupted search resumes. With ``pack`` (the default) the grid is
+   cut into packs, one trial per CPU, each training its configurations in one batched loop
+   (``tuning.run_packed_search``; ASHA becomes successive halving inside each pack); without, one
+   trial per configuration (``tuning.head_trainable``);
+3. write every configuration's trial to ``tune/<name>/trials.parquet`` (one row each);
 4. pick the configuration with the best *validation* ROC-AUC, averaged over seeds and runs;
 5. refit it on this run (first seed) and save it to ``heads/<name>/``;
 6. only now read the test split, to report the refitted head's test metrics in
@@ -34,7 +37,8 @@ import pandas as pd
 from jobs._common import init_ray, job_main, run_stage
 from jobs.schemas.finetune import METRIC_MODE
 from jobs.schemas.tune import Config, FinetuneSearch, HeadSearch
-from tuning import FeatureSet, best_config, head_trainable, run_search, summarise
+from tuning import FeatureSet, best_config, head_trainable, run_packed_search, run_search, summarise
+from tuning.packing import cut_packs, expand_configs
 from tuning.space import SearchSpace
 from tuning.trainable import FINAL, read_only_features
 from ue.artifacts import RunLayout, atomic_write_bytes, atomic_write_json
@@ -79,18 +83,31 @@ def search_head(search: HeadSearch, layout: RunLayout, *, resume: bool = True) -
     log.info("search %s: %s, %d configs x %d seeds x %d runs", search.name, space.head,
              space.num_configs(search.algorithm, search.num_samples), len(search.seeds), len(runs))
 
-    # 2. The search.
+    # 2. The search: packs of configurations (one trial each) or one trial per configuration.
     tune_dir = layout.tune_dir(search.name)
-    trials = run_search(
-        head_trainable(space.head, features, cpus_per_trial=search.cpus_per_trial,
-                       custom_resources=search.custom_resources),
-        param_space=space.param_space(search.algorithm, seeds=search.seeds, replicas=runs if len(runs) > 1 else None),
-        metric=f"val_{METRIC}", mode=METRIC_MODES[METRIC], storage_path=tune_dir,
-        num_samples=search.num_samples, search_seed=search.search_seed, scheduler=search.scheduler,
-        max_t=_max_epochs(space, head_cls), grace_period=search.grace_period,
-        reduction_factor=search.reduction_factor, max_concurrent_trials=search.max_concurrent_trials,
-        fingerprint=_fingerprint(search, layout, runs), resume=resume,
-    )
+    replicas = runs if len(runs) > 1 else None
+    common = {"storage_path": tune_dir, "scheduler": search.scheduler, "max_t": _max_epochs(space, head_cls),
+              "grace_period": search.grace_period, "reduction_factor": search.reduction_factor,
+              "max_concurrent_trials": search.max_concurrent_trials, "resume": resume}
+    if search.pack:
+        configs = expand_configs(space, search.algorithm, seeds=search.seeds, replicas=replicas,
+                                 num_samples=search.num_samples, search_seed=search.search_seed)
+        packs = cut_packs(configs, packs=_pack_count(search, len(configs)), default_epochs=_default_epochs(head_cls))
+        log.info("search %s: %d configurations in %d packs", search.name, len(configs), len(packs))
+        trials = run_packed_search(
+            space.head, features, packs, cpus_per_trial=search.cpus_per_trial,
+            custom_resources=search.custom_resources, **common,
+            # The packs' composition is part of the search: another cut must not resume this one.
+            fingerprint=_fingerprint(search, layout, runs) + _digest(packs),
+        )
+    else:
+        trials = run_search(
+            head_trainable(space.head, features, cpus_per_trial=search.cpus_per_trial,
+                           custom_resources=search.custom_resources),
+            param_space=space.param_space(search.algorithm, seeds=search.seeds, replicas=replicas),
+            metric=f"val_{METRIC}", mode=METRIC_MODES[METRIC], num_samples=search.num_samples,
+            search_seed=search.search_seed, fingerprint=_fingerprint(search, layout, runs), **common,
+        )
 
     # 3. Every trial.
     write_parquet(trials, tune_dir / "trials.parquet")
@@ -209,8 +226,27 @@ def _max_epochs(space: SearchSpace, head_cls: type[UncertaintyHead]) -> int:
     if "epochs" in space.space:
         domain = space.space["epochs"]
         return int(max(domain.grid or domain.choice or domain.uniform or domain.loguniform))
-    default = inspect.signature(head_cls.__init__).parameters["epochs"].default
-    return int(space.params.get("epochs", default))
+    return int(space.params.get("epochs", _default_epochs(head_cls)))
+
+
+def _pack_count(search: HeadSearch, configs: int) -> int:
+    """Packs of a packed search: ``configs_per_trial`` each, or one per trial that can run at once."""
+    if search.configs_per_trial is not None:
+        return -(-configs // search.configs_per_trial)
+    if search.max_concurrent_trials is not None:
+        return min(configs, search.max_concurrent_trials)
+    import ray
+
+    slots = int(ray.cluster_resources().get("CPU", 1) // search.cpus_per_trial)
+    return max(1, min(configs, slots))
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _default_epochs(head_cls: type[UncertaintyHead]) -> int:
+    return int(inspect.signature(head_cls.__init__).parameters["epochs"].default)
 
 
 def _fingerprint(search: HeadSearch, layout: RunLayout, runs: list[str]) -> str:

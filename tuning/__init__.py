@@ -23,6 +23,11 @@ _LAZY = {
     "TrialsFailed": "tuning.search",
     "count_trials": "tuning.search",
     "run_search": "tuning.search",
+    "run_packed_search": "tuning.search",
+    "packed_head_trainable": "tuning.trainable",
+    "cut_packs": "tuning.packing",
+    "expand_configs": "tuning.packing",
+    "SuccessiveHalving": "tuning.packing",
     "best_config": "tuning.select",
     "summarise": "tuning.select",
 }

@@ -4,7 +4,9 @@ The experiment lives in ``<storage_path>/<name>/`` (Ray Tune's own layout). When
 restorable experiment of the same search (same ``fingerprint``), the search is resumed with
 ``Tuner.restore``: finished trials are kept as they are, unfinished and errored ones run again. An
 interrupted search (Ctrl+C, SIGUSR1, a killed driver) raises :class:`SearchInterrupted`; calling
-``run_search`` again with the same arguments completes it.
+``run_search`` again with the same arguments completes it. :func:`run_packed_search` runs one trial
+per pack of head configurations (``tuning.packing``) and returns the same table, one row per
+configuration.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from tuning.trainable import FINAL
+from tuning.trainable import CONFIGS, FINAL, PACK
 from ue.artifacts import atomic_write_json, read_json
 
 log = logging.getLogger("ue.tuning")
@@ -136,6 +138,51 @@ def run_search(
     return trials
 
 
+def run_packed_search(
+    head: str,
+    features: Mapping[str, Any],
+    packs: list[list[dict[str, Any]]],
+    *,
+    storage_path: str | Path,
+    name: str = "experiment",
+    scheduler: Scheduler = "fifo",
+    max_t: int | None = None,
+    grace_period: int = 1,
+    reduction_factor: float = 3.0,
+    cpus_per_trial: float = 1.0,
+    custom_resources: dict[str, float] | None = None,
+    max_concurrent_trials: int | None = None,
+    fingerprint: str = "",
+    resume: bool = True,
+    callbacks: Sequence[Any] = (),
+    verbose: int = 0,
+) -> pd.DataFrame:
+    """:func:`run_search` with one trial per pack of head configurations (``tuning.packing``).
+
+    ``packs``: lists of head parameters (with ``seed`` and, for several feature sets, ``replica``),
+    e.g. from :func:`tuning.packing.cut_packs`. ``scheduler="asha"`` halves each pack at ASHA's rungs
+    (:class:`tuning.packing.SuccessiveHalving` with ``max_t``, ``grace_period``, ``reduction_factor``);
+    Tune itself runs the packs FIFO. Returns one row per configuration, columns as :func:`run_search`.
+    """
+    from ray import tune
+
+    from tuning.packing import SuccessiveHalving
+    from tuning.trainable import packed_head_trainable
+
+    halving = None
+    if scheduler == "asha":
+        if max_t is None:
+            raise ValueError("scheduler='asha' needs max_t, the most epochs a configuration trains")
+        halving = SuccessiveHalving(max_t=max_t, grace_period=grace_period, reduction_factor=reduction_factor)
+    trainable = packed_head_trainable(head, dict(features), packs, halving=halving, cpus_per_trial=cpus_per_trial,
+                                      custom_resources=custom_resources)
+    return run_search(
+        trainable, param_space={PACK: tune.grid_search(list(range(len(packs))))}, metric="val_roc_auc", mode="max",
+        storage_path=storage_path, name=name, max_concurrent_trials=max_concurrent_trials, fingerprint=fingerprint,
+        resume=resume, callbacks=callbacks, verbose=verbose,
+    )
+
+
 @contextmanager
 def _tune_env(*, buffered: bool) -> Iterator[None]:
     """Ray Tune settings it reads from the environment when ``Tuner.fit`` starts, set for that call.
@@ -187,7 +234,9 @@ def _same_search(storage: Path, fingerprint: str) -> bool:
 
 
 def trials_table(grid: Any) -> pd.DataFrame:
-    """One row per trial of a Ray Tune ``ResultGrid`` (see :func:`run_search` for the columns)."""
+    """One row per trial of a Ray Tune ``ResultGrid`` (see :func:`run_search` for the columns); a
+    packed trial (:func:`tuning.trainable.fit_pack_trial`) gives one row per configuration, with
+    ``trial_id`` ``<the pack's trial id>_<index in the pack>`` and the pack's ``time_s``."""
     rows = []
     for result in grid:
         metrics = dict(result.metrics or {})
@@ -195,7 +244,15 @@ def trials_table(grid: Any) -> pd.DataFrame:
         clash = sorted(set(config) & set(metrics))
         if clash:
             raise ValueError(f"config keys {clash} are also metric names; rename the reported metrics")
-        row = {"trial_id": metrics.get("trial_id", Path(result.path).name), **config}
+        trial_id = metrics.get("trial_id", Path(result.path).name)
+        if PACK in config:
+            for i, member in enumerate(metrics.get(CONFIGS) or []):
+                row = {"trial_id": f"{trial_id}_{i:03d}", **member}
+                row["time_s"] = metrics.get("time_total_s", math.nan)
+                row["early_stopped"] = not row.pop(FINAL)
+                rows.append(row)
+            continue
+        row = {"trial_id": trial_id, **config}
         row.update({k: v for k, v in metrics.items() if k not in _TUNE_BOOKKEEPING})
         row["iterations"] = metrics.get("training_iteration", 0)
         row["time_s"] = metrics.get("time_total_s", math.nan)

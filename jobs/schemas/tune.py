@@ -50,6 +50,15 @@ class HeadSearch(ConfigModel):
         description="Other run ids under the same root (other backbone fine-tunes) whose features every "
         "config also runs on; results are mean +- std over seeds x runs.",
     )
+    pack: bool = Field(
+        True, description="Train many configurations in one trial as one batched pack (ue.heads.fit_packed): the "
+        "grid is cut into packs, one trial each; asha then halves each pack at ASHA's rungs. false: one trial "
+        "per configuration, Ray Tune's ASHA.",
+    )
+    configs_per_trial: int | None = Field(
+        None, description="With pack: at most this many configurations per trial; default: the grid spread "
+        "over the trials that run at once (max_concurrent_trials, or CPUs / cpus_per_trial).",
+    )
     cpus_per_trial: float = Field(1.0, description="CPUs (and torch threads) reserved by each trial.")
     max_concurrent_trials: int | None = Field(None, description="At most this many trials at once; default: CPUs.")
     custom_resources: dict[str, float] = Field(
@@ -117,7 +126,7 @@ class HeadSearch(ConfigModel):
             raise ValueError("must be > 0; trials run on CPU actors")
         return value
 
-    @field_validator("max_concurrent_trials")
+    @field_validator("max_concurrent_trials", "configs_per_trial")
     @classmethod
     def _some_trials(cls, value: int | None) -> int | None:
         if value is not None and value < 1:

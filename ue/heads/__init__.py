@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from ue.artifacts import read_json
+from ue.heads._trained import fit_packed, pack_key
 from ue.heads.adue import AdUE
 from ue.heads.alien import Alien
 from ue.heads.base import NotFittedError, UncertaintyHead
@@ -48,5 +49,5 @@ def load_head(directory: str | os.PathLike) -> UncertaintyHead:
 __all__ = [
     "HEADS", "AdUE", "Alien", "Calibrated", "Classifier", "ClassifierSpec", "Entropy", "MSP", "Mahalanobis",
     "NotFittedError", "RelativeMahalanobis", "TemperatureScaling", "UncertaintyHead", "build_head",
-    "classifier_from_model", "load_classifier", "load_head", "save_classifier",
+    "classifier_from_model", "fit_packed", "load_classifier", "load_head", "pack_key", "save_classifier",
 ]

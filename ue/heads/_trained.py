@@ -15,11 +15,14 @@ import numpy as np
 import torch
 
 from ue.features import error_indicator
-from ue.heads._training import EpochCallback, score_rows, train_error_head
+from ue.heads._packed import PackCallback, PackedConfig, train_error_heads
+from ue.heads._training import EpochCallback, FitResult, score_rows, train_error_head
 from ue.heads.base import UncertaintyHead
 from ue.heads.modules import Classifier, ClassifierSpec
 
 INITS = ("copy", "random")
+PER_CONFIG = ("alpha", "beta", "lr", "epochs", "seed", "patience", "init", "classifier")
+"""Parameters that may differ between the heads of one pack (:func:`fit_packed`)."""
 
 
 class TrainedErrorHead(UncertaintyHead):
@@ -90,10 +93,13 @@ class TrainedErrorHead(UncertaintyHead):
             alpha=self.alpha, beta=self.beta, lr=self.lr, epochs=self.epochs,
             batch_size=self.batch_size, seed=self.seed, patience=self.patience, on_epoch=on_epoch,
         )
+        self._keep(module, result)
+        return self
+
+    def _keep(self, module: Classifier, result: FitResult) -> None:
         module.load_state_dict(result.state)
         self.module_ = module.eval().requires_grad_(False)
         self.best_epoch_, self.history_ = result.best_epoch, result.history
-        return self
 
     def _check_shapes(self, hidden: np.ndarray, logits: np.ndarray) -> None:
         spec = self.classifier.spec
@@ -127,3 +133,50 @@ class TrainedErrorHead(UncertaintyHead):
         module.load_state_dict({k.removeprefix("module."): v for k, v in tensors.items()})
         self.module_ = module.eval().requires_grad_(False)
         self.best_epoch_, self.history_ = meta["best_epoch"], meta["history"]
+
+
+def pack_key(head: UncertaintyHead) -> tuple[Any, ...] | None:
+    """Heads with the same key can be fitted as one pack (:func:`fit_packed`); None: not a trained head."""
+    if not isinstance(head, TrainedErrorHead):
+        return None
+    shared = {k: v for k, v in head.get_params().items() if k not in PER_CONFIG}
+    spec = head.classifier.spec if isinstance(head.classifier, Classifier) else None
+    return (type(head), spec, tuple(sorted(shared.items())))
+
+
+def fit_packed(
+    heads: list[TrainedErrorHead], features: Any, val: Any = None, *, on_epoch: PackCallback | None = None
+) -> list[TrainedErrorHead]:
+    """Fit heads of one kind together (``ue.heads._packed``); each ends as its own ``fit`` leaves it.
+
+    The heads may differ in ``alpha``, ``beta``, ``lr``, ``epochs``, ``seed``, ``patience``, ``init``
+    and their classifier's weights, not in anything else (:func:`pack_key`). ``on_epoch(epoch,
+    {head index: metrics})`` after every epoch may return head indices to stop now (successive
+    halving); a stopped head keeps its best epoch so far.
+
+    Raises:
+        ValueError: no heads, or heads that cannot share a pack.
+    """
+    if not heads:
+        raise ValueError("fit_packed needs at least one head")
+    keys = {pack_key(h) for h in heads}
+    if None in keys or len(keys) != 1:
+        raise ValueError("a pack holds trained heads (alien, adue) of one kind, batch size and classifier shape; "
+                         f"got {sorted({h.name for h in heads})} with {len(keys)} different settings")
+    for head in heads:
+        head._check_params()
+    first = heads[0]
+    cols = first._fit_columns(features, split="fit")
+    v = first._fit_columns(val, split="val") if val is not None else None
+    first._check_shapes(cols["hidden"], cols["logits"])
+    modules = [h._initial_module() for h in heads]
+    results = train_error_heads(
+        modules, [PackedConfig(alpha=h.alpha, beta=h.beta, lr=h.lr, epochs=h.epochs, seed=h.seed, patience=h.patience)
+                  for h in heads],
+        score_fn=first._score_t, hidden=cols["hidden"], errors=error_indicator(cols),
+        anchor=first._anchor(cols["logits"]), val_hidden=None if v is None else v["hidden"],
+        val_errors=None if v is None else error_indicator(v), batch_size=first.batch_size, on_epoch=on_epoch,
+    )
+    for head, module, result in zip(heads, modules, results, strict=True):
+        head._keep(module, result)
+    return heads

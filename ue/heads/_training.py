@@ -87,10 +87,8 @@ class AdamOneCycle:
         self.exp_avg_sq = torch.zeros_like(self.flat)
         self._step = torch.zeros((), dtype=torch.float32)  # the fused kernel reads the step count as a tensor
         self.steps_done = 0
-        self.lr, self.total_steps = lr, total_steps
-        self.start_lr = lr / div_factor
-        self.final_lr = self.start_lr / final_div_factor
-        self.peak = float(pct_start * total_steps) - 1  # the warm-up's last step, as OneCycleLR places it
+        self.cycle = OneCycle(lr=lr, total_steps=total_steps, pct_start=pct_start, div_factor=div_factor,
+                              final_div_factor=final_div_factor)
 
     def zero_grad(self) -> None:
         """Zero :attr:`grad` (and so every parameter's ``.grad``) before the next backward pass."""
@@ -103,6 +101,47 @@ class AdamOneCycle:
             p.grad = None
 
     def schedule(self, step: int) -> tuple[float, float]:
+        """(lr, beta1) of the update after ``step`` earlier updates (see :meth:`OneCycle.schedule`)."""
+        return self.cycle.schedule(step)
+
+    def step(self) -> None:
+        """One Adam update of :attr:`flat` with the gradient in :attr:`grad`."""
+        lr, beta1 = self.schedule(self.steps_done)
+        self.steps_done += 1
+        self._step.fill_(self.steps_done)
+        fused_adam_step(self.flat, self.grad, self.exp_avg, self.exp_avg_sq, self._step, lr=lr, beta1=beta1)
+
+
+def fused_adam_step(
+    flat: torch.Tensor | list[torch.Tensor], grad: torch.Tensor | list[torch.Tensor],
+    exp_avg: torch.Tensor | list[torch.Tensor], exp_avg_sq: torch.Tensor | list[torch.Tensor],
+    step: torch.Tensor | list[torch.Tensor], *, lr: float, beta1: float,
+) -> None:
+    """One in-place Adam update of the contiguous vector(s) ``flat`` (``step``: updates so far, this
+    one included); a list updates each vector with the same lr and beta1, each exactly as alone."""
+    def listed(x: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+        return x if isinstance(x, list) else [x]
+
+    torch._fused_adam_(
+        listed(flat), listed(grad), listed(exp_avg), listed(exp_avg_sq), [], listed(step), lr=lr, beta1=beta1,
+        beta2=AdamOneCycle.beta2, weight_decay=0.0, eps=AdamOneCycle.eps, amsgrad=False, maximize=False,
+    )
+
+
+class OneCycle:
+    """The lr and beta1 of ``OneCycleLR(max_lr=lr, total_steps, pct_start, anneal_strategy="cos", div_factor,
+    final_div_factor)`` at every step, without a torch optimiser."""
+
+    def __init__(
+        self, *, lr: float, total_steps: int, pct_start: float = 0.1, div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+    ) -> None:
+        self.lr, self.total_steps = lr, total_steps
+        self.start_lr = lr / div_factor
+        self.final_lr = self.start_lr / final_div_factor
+        self.peak = float(pct_start * total_steps) - 1  # the warm-up's last step, as OneCycleLR places it
+
+    def schedule(self, step: int) -> tuple[float, float]:
         """(lr, beta1) of the update after ``step`` earlier updates.
 
         Warm-up from ``lr / div_factor`` to ``lr`` over steps 0..peak, then annealing to the final lr
@@ -111,22 +150,12 @@ class AdamOneCycle:
         """
         if step > self.total_steps:
             raise ValueError(f"step {step} past the schedule's {self.total_steps} steps")
-        high, low = self.betas
+        high, low = AdamOneCycle.betas
         if step <= self.peak:
             pct = step / self.peak if self.peak > 0 else 1.0
             return _cos_anneal(self.start_lr, self.lr, pct), _cos_anneal(high, low, pct)
         pct = (step - self.peak) / (self.total_steps - 1 - self.peak)
         return _cos_anneal(self.lr, self.final_lr, pct), _cos_anneal(low, high, pct)
-
-    def step(self) -> None:
-        """One Adam update of :attr:`flat` with the gradient in :attr:`grad`."""
-        lr, beta1 = self.schedule(self.steps_done)
-        self.steps_done += 1
-        self._step.fill_(self.steps_done)
-        torch._fused_adam_(
-            [self.flat], [self.grad], [self.exp_avg], [self.exp_avg_sq], [], [self._step], lr=lr, beta1=beta1,
-            beta2=self.beta2, weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False,
-        )
 
 
 def _cos_anneal(start: float, end: float, pct: float) -> float:
