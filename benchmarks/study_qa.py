@@ -24,6 +24,7 @@ import math
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from pydantic import Field
 from ue.artifacts import Manifest, RunLayout, atomic_write_bytes
 from ue.config import ConfigModel
 from ue.config.paths import data_root
+from ue.synthetic_qa import TaskSpec
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("easy", "rare", "two_hop", "ambiguous")
@@ -43,20 +45,6 @@ OOD_PAIRS = (("in-domain", "squad"), ("in-domain", "triviaqa"), ("squad", "trivi
 """(negatives, positives) of each OOD ROC-AUC."""
 ANCHOR = {"ce": 0.6252, "ua_clm": 0.6955}
 """The paper's token-entropy AUROC (CoQA, Llama-2-7B, arXiv 2412.02904), standard fine-tune vs UA-CLM."""
-
-
-class TaskArgs(ConfigModel):
-    """``ue.synthetic_qa.TaskSpec`` fields (the generator's own defaults where left out)."""
-
-    n_entities: int = 40
-    rare_share: float = 0.25
-    repeats: int = 3
-    hard_share: float = 0.3
-    ambiguous_share: float = 0.2
-    ambiguity: int = 2
-    n_val: int = 200
-    n_test: int = 300
-    seed: int = 0
 
 
 class DecoderArgs(ConfigModel):
@@ -71,7 +59,7 @@ class OODSet(ConfigModel):
 
 
 class QASpec(ConfigModel):
-    task: TaskArgs = Field(default_factory=TaskArgs)
+    task: TaskSpec = Field(default_factory=TaskSpec, description="The generator's knobs (ue.synthetic_qa.TaskSpec).")
     decoder: DecoderArgs = Field(default_factory=DecoderArgs)
     losses: dict[str, dict[str, Any]] = Field(
         description="Label -> train.* keys that make the loss, e.g. {ua_clm: {loss: ua_clm}}.")
@@ -127,12 +115,12 @@ def data_dir(root: Path) -> Path:
 
 def prepare(study: QAStudyConfig, root: Path) -> None:
     """The dataset and one decoder per seed, each written only once (an edit of the spec rewrites them)."""
-    from ue.synthetic_qa import TaskSpec, build_decoder, write_dataset
+    from ue.synthetic_qa import build_decoder, write_dataset
 
-    spec = study.qa.task.model_dump()
+    spec = asdict(study.qa.task)
     stamp = root / "data" / "spec.json"
     if not stamp.is_file() or json.loads(stamp.read_text()) != spec:
-        write_dataset(data_dir(root), TaskSpec(**spec))
+        write_dataset(data_dir(root), study.qa.task)
         for old in (root / "models").glob("decoder-s*/config.json"):
             old.unlink()
         atomic_write_bytes(stamp, json.dumps(spec).encode())

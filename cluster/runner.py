@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from rich.console import Console
@@ -32,7 +33,7 @@ from rich.table import Column
 from cluster.auth import default_token_path, keep_private
 from cluster.pipeline import Pipeline, PlannedStage, record_pipeline
 from cluster.reaper import start_reaper, stop_reaper
-from cluster.tracking import MlflowTracker, open_tracker
+from cluster.tracking import end_tracking, open_tracker, track_stage
 from ue.artifacts import Manifest, run_lock
 from ue.config import stage_hash
 
@@ -319,20 +320,18 @@ def _run_all(pipe: Pipeline, console: Console, capture: bool, num_cpus: int | No
                 try:
                     outcomes.append(_run_stage(pipe, stage, display, logs, capture, sleep))
                 except StageFailed as exc:
-                    _track(tracker, display, pipe, stage, status="FAILED", error=exc.error)
+                    track_stage(tracker, pipe, stage, partial(display.note, stage.name), status="FAILED",
+                                error=exc.error)
                     raise
                 except KeyboardInterrupt:
                     ended = "KILLED"
                     raise
-                _track(tracker, display, pipe, stage, status="FINISHED", seconds=outcomes[-1].seconds)
+                track_stage(tracker, pipe, stage, partial(display.note, stage.name), status="FINISHED",
+                            seconds=outcomes[-1].seconds)
                 ran = ran or stage.name
         ended = "FINISHED"
     finally:
-        if tracker is not None:
-            try:
-                tracker.finish(ended)
-            except Exception as exc:  # the stages' own outcome (or error) is what matters here
-                console.print(f"[yellow]tracking: could not end the MLflow run[/] ({escape(str(exc))})")
+        end_tracking(tracker, ended, console.print)
         if ray_started:
             import ray
 
@@ -342,17 +341,6 @@ def _run_all(pipe: Pipeline, console: Console, capture: bool, num_cpus: int | No
             stop_reaper(reaper)
     record_pipeline(pipe.layout, finished=time.time())
     return outcomes
-
-
-def _track(tracker: MlflowTracker | None, display: _Display, pipe: Pipeline, stage: PlannedStage, *, status: str,
-           seconds: float = 0.0, error: str | None = None) -> None:
-    """Log a stage to the tracker; a tracking failure is shown, never fails the run."""
-    if tracker is None:
-        return
-    try:
-        tracker.log_stage(pipe, stage, status=status, seconds=seconds, error=error)
-    except Exception as exc:
-        display.note(stage.name, f"[yellow]not tracked[/] ({escape(f'{type(exc).__name__}: {exc}')})")
 
 
 def _run_stage(

@@ -34,7 +34,7 @@ from rich.markup import escape
 from cluster.auth import AuthProblem, Token, missing_token_message, redact, rejected_token_message
 from cluster.pipeline import Pipeline, PlannedStage, record_pipeline
 from cluster.runner import StageFailed, StageOutcome, can_skip, submission_id
-from cluster.tracking import MlflowTracker, TrackingError, open_tracker
+from cluster.tracking import MlflowTracker, TrackingError, end_tracking, open_tracker, track_stage
 from ue.artifacts import Manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -228,11 +228,7 @@ def submit_pipeline(
             ran = ran or stage.name
         ended = "FINISHED"
     finally:
-        if tracker is not None:
-            try:
-                tracker.finish(ended)
-            except Exception as exc:  # the jobs' own outcome (or error) is what matters here
-                console.print(f"[yellow]tracking: could not end the MLflow run[/] ({escape(str(exc))})")
+        end_tracking(tracker, ended, console.print)
     return outcomes
 
 
@@ -251,17 +247,20 @@ def _open_tracker(pipe: Pipeline) -> MlflowTracker | None:
 
 def _track(tracker: MlflowTracker | None, console: Console, pipe: Pipeline, stage: PlannedStage, *, status: str,
            seconds: float = 0.0, error: str | None = None) -> None:
-    """Log a stage whose job ended; a tracking failure is shown, never fails the pipeline."""
+    """Log a stage whose job ended, saying so when its files are not readable here; a tracking
+    failure is shown, never fails the pipeline."""
     if tracker is None:
         return
     try:
-        if status == "FINISHED" and Manifest(pipe.layout).stage(stage.name) is None:  # a job that ended well wrote one
-            console.print(f"{stage.name:<10} [yellow]tracking: no entry for it in {escape(str(pipe.layout.manifest))}"
-                          ", so the run directory is not readable here (the cluster's own disk?); logging its config "
-                          "and status only[/]")
-        tracker.log_stage(pipe, stage, status=status, seconds=seconds, error=error)
-    except Exception as exc:
-        console.print(f"{stage.name:<10} [yellow]not tracked[/] ({escape(f'{type(exc).__name__}: {exc}')})")
+        unseen = status == "FINISHED" and Manifest(pipe.layout).stage(stage.name) is None  # a good job wrote one
+    except (OSError, ValueError):  # unreadable or torn here: the same as not there
+        unseen = True
+    if unseen:
+        console.print(f"{stage.name:<10} [yellow]tracking: no entry for it in {escape(str(pipe.layout.manifest))}"
+                      ", so the run directory is not readable here (the cluster's own disk?); logging its config "
+                      "and status only[/]")
+    track_stage(tracker, pipe, stage, lambda text: console.print(f"{stage.name:<10} {text}"), status=status,
+                seconds=seconds, error=error)
 
 
 def _submit_stage(

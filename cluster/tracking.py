@@ -20,7 +20,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -170,6 +170,34 @@ def _trials(tune_dir: Path) -> Iterator[tuple[str, float, int]]:
         for step, row in enumerate(pq.read_table(path).to_pylist()):
             for key, value in numbers(row, f"tune.{path.parent.name}.").items():
                 yield key, value, step
+
+
+def track_stage(tracker: MlflowTracker | None, pipe: Pipeline, stage: PlannedStage, warn: Callable[[str], None], *,
+                status: str, seconds: float = 0.0, error: str | None = None) -> None:
+    """Log a stage that ended (no-op without a tracker); a tracking failure goes to ``warn`` as rich
+    markup and is never raised: the stage's own outcome is what the caller reports."""
+    if tracker is None:
+        return
+    try:
+        tracker.log_stage(pipe, stage, status=status, seconds=seconds, error=error)
+    except Exception as exc:
+        warn(f"[yellow]not tracked[/] ({_escape(f'{type(exc).__name__}: {exc}')})")
+
+
+def end_tracking(tracker: MlflowTracker | None, status: str, warn: Callable[[str], None]) -> None:
+    """End the pipeline's MLflow run (no-op without a tracker); a failure goes to ``warn``, never raised."""
+    if tracker is None:
+        return
+    try:
+        tracker.finish(status)
+    except Exception as exc:
+        warn(f"[yellow]tracking: could not end the MLflow run[/] ({_escape(str(exc))})")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def open_tracker(pipe: Pipeline) -> MlflowTracker | None:
